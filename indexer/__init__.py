@@ -1,0 +1,1 @@
+"""Bulk indexer and the imsearch command line."""

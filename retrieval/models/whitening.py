@@ -1,0 +1,125 @@
+"""PCA-whitening: learned from descriptors, applied as a shift + linear projection.
+
+Whitening is an ``nn.Linear`` (``y = W x + b`` with ``b = -W mean``), so the same layer is
+what the triplet training of Gordo et al. fine-tunes ("shift + projection"), and it saves
+and loads with the rest of the model's state dict.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from retrieval.errors import ImsearchError
+
+logger = logging.getLogger(__name__)
+
+
+class CovarianceAccumulator:
+    """Streaming mean and covariance in float64 (bounded memory: ``O(C^2)``)."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self.count = 0
+        self._sum = np.zeros(dim, dtype=np.float64)
+        self._outer = np.zeros((dim, dim), dtype=np.float64)
+
+    def update(self, vectors: np.ndarray | Tensor) -> None:
+        """Add a batch of row vectors ``(n, dim)``."""
+        if isinstance(vectors, Tensor):
+            vectors = vectors.detach().to(torch.float64).cpu().numpy()
+        x = np.asarray(vectors, dtype=np.float64).reshape(-1, self.dim)
+        if not np.isfinite(x).all():
+            raise ImsearchError("whitening data contains NaN or infinite values")
+        self.count += x.shape[0]
+        self._sum += x.sum(axis=0)
+        self._outer += x.T @ x
+
+    def mean_cov(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean ``(dim,)`` and (biased) covariance ``(dim, dim)`` of everything added."""
+        if self.count < 2:
+            raise ImsearchError(f"need at least 2 vectors to learn whitening, got {self.count}")
+        mean = self._sum / self.count
+        cov = self._outer / self.count - np.outer(mean, mean)
+        return mean, (cov + cov.T) / 2
+
+
+@dataclass(frozen=True)
+class WhiteningParams:
+    """A learned whitening: ``y = weight @ (x - mean)``."""
+
+    mean: np.ndarray  # (C,)
+    weight: np.ndarray  # (D, C)
+    eigenvalues: np.ndarray  # (D,), descending
+    power: float
+    n_samples: int
+
+
+def learn_pca_whitening(
+    data: np.ndarray | CovarianceAccumulator,
+    dim: int | None = None,
+    *,
+    power: float = 0.5,
+    eps: float = 1e-9,
+) -> WhiteningParams:
+    """PCA-whitening from descriptors (rows) or an accumulated covariance.
+
+    Keeps the ``dim`` leading principal directions (all when ``None``) and scales each by
+    ``eigenvalue ** -power`` (``power = 0.5`` is full whitening; smaller values shrink it).
+    """
+    if isinstance(data, CovarianceAccumulator):
+        acc = data
+    else:
+        arr = np.asarray(data)
+        if arr.ndim != 2:
+            raise ImsearchError(f"whitening data must be (n, C), got shape {arr.shape}")
+        acc = CovarianceAccumulator(arr.shape[1])
+        acc.update(arr)
+    mean, cov = acc.mean_cov()
+    channels = cov.shape[0]
+    out_dim = channels if dim is None else int(dim)
+    if not 1 <= out_dim <= channels:
+        raise ImsearchError(f"whitening dim must be within 1..{channels}, got {dim}")
+    rank_bound = acc.count - 1
+    if out_dim > rank_bound:
+        logger.warning(
+            "whitening: %d output dimensions from only %d samples; the trailing directions are noise "
+            "(learn it from more images or ask for dim <= %d)",
+            out_dim,
+            acc.count,
+            rank_bound,
+        )
+    eigvals, eigvecs = np.linalg.eigh(cov)
+    order = np.argsort(eigvals)[::-1][:out_dim]
+    eigvals = np.clip(eigvals[order], 0.0, None)
+    eigvecs = eigvecs[:, order]
+    # fix each direction's sign for determinism: largest |component| positive
+    signs = np.sign(eigvecs[np.abs(eigvecs).argmax(axis=0), np.arange(out_dim)])
+    eigvecs = eigvecs * np.where(signs == 0, 1.0, signs)
+    scale = (eigvals + eps) ** (-power)
+    weight = (eigvecs * scale).T
+    return WhiteningParams(mean=mean, weight=weight, eigenvalues=eigvals, power=power, n_samples=acc.count)
+
+
+class Whitening(nn.Linear):
+    """Shift + projection layer ``y = W x + b``; initialized from :class:`WhiteningParams`."""
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__(in_dim, out_dim, bias=True)
+
+    @classmethod
+    def from_params(cls, params: WhiteningParams) -> Whitening:
+        layer = cls(params.weight.shape[1], params.weight.shape[0])
+        weight = torch.from_numpy(params.weight.astype(np.float32))
+        bias = torch.from_numpy((-(params.weight @ params.mean)).astype(np.float32))
+        with torch.no_grad():
+            layer.weight.copy_(weight)
+            layer.bias.copy_(bias)
+        return layer
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.to(self.weight.dtype))

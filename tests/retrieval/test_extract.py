@@ -1,0 +1,138 @@
+"""Batched extraction: equal to a naive per-image reference, bf16 within tolerance, odd inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from retrieval.errors import ImageDecodeError
+from retrieval.imageio import decode_image
+from retrieval.models.descriptor import DescriptorModel
+from retrieval.models.extract import ExtractItem, Extractor, input_size
+from retrieval.models.pooling import l2n
+from tests import imagefactory as f
+
+
+@pytest.fixture(scope="module")
+def model() -> DescriptorModel:
+    return DescriptorModel.create("efficientnet_lite0")  # the default: R-MAC, 3 scales, max side 512
+
+
+@pytest.fixture(scope="module")
+def small() -> DescriptorModel:
+    return DescriptorModel.create("efficientnet_lite0", max_side=224, scales=(1.0, 0.7071))
+
+
+def naive_descriptor(model: DescriptorModel, path: Path) -> np.ndarray:
+    """Research-code style: decode, resize, fp32 NCHW forward per scale, sum, L2."""
+    img = Image.open(path).convert("RGB")
+    total = None
+    for scale in model.meta.scales:
+        size = input_size(img.width, img.height, model.meta.max_side, scale, model.meta.stride)
+        arr = np.asarray(img.resize(size, Image.Resampling.BILINEAR))
+        x = torch.from_numpy(arr.copy()).permute(2, 0, 1)[None]
+        with torch.inference_mode():
+            d = model(x)[0].double()
+        total = d if total is None else total + d
+    assert total is not None
+    return l2n(total).numpy()
+
+
+def test_input_size_snaps_to_stride() -> None:
+    assert input_size(300, 200, 512, 1.0, 32) == (512, 352)  # 341.3 -> 352
+    assert input_size(200, 300, 512, 0.5, 32) == (160, 256)
+    assert input_size(4000, 30, 512, 1.0, 32) == (512, 32)  # never below one stride
+    assert input_size(300, 300, 1024, 1.0, 16) == (1024, 1024)
+
+
+def test_fp32_extraction_equals_the_naive_reference(small: DescriptorModel) -> None:
+    paths = f.real_photos(6)
+    ex = Extractor(small, precision="fp32", batch_size=4)
+    got = ex.extract(paths)
+    want = np.stack([naive_descriptor(small, p) for p in paths])
+    cos = (got * want).sum(axis=1)
+    assert cos.min() > 0.99999, cos
+
+
+def test_descriptor_does_not_depend_on_the_batch(small: DescriptorModel) -> None:
+    paths = f.real_photos(8)
+    batched = Extractor(small, precision="fp32", batch_size=8).extract(paths)
+    alone = np.stack([Extractor(small, precision="fp32", batch_size=1).extract([p])[0] for p in paths[:3]])
+    np.testing.assert_allclose(batched[:3], alone, atol=2e-5)
+    np.testing.assert_allclose(np.linalg.norm(batched, axis=1), 1.0, atol=1e-5)
+
+
+def test_bf16_channels_last_within_tolerance_of_fp32_on_real_photos(model: DescriptorModel) -> None:
+    paths = f.real_photos(16, stride=251)
+    fp32 = Extractor(model, precision="fp32", batch_size=8, fuse=False, channels_last=False).extract(paths)
+    bf16 = Extractor(model, precision="bf16", batch_size=8).extract(paths)
+    cos = (fp32 * bf16).sum(axis=1)
+    assert cos.mean() >= 0.999 and cos.min() >= 0.995, cos
+
+
+def test_bytes_paths_arrays_and_decoded_agree(small: DescriptorModel) -> None:
+    path = f.real_photos(1)[0]
+    ex = Extractor(small, precision="fp32")
+    decoded = decode_image(path)
+    d = ex.extract([path, path.read_bytes(), decoded, decoded.pixels])
+    np.testing.assert_allclose(d[1:], np.repeat(d[:1], 3, axis=0), atol=1e-6)
+
+
+def test_odd_files_fail_alone_and_the_rest_succeed(tmp_path: Path, small: DescriptorModel) -> None:
+    files = f.odd_files(tmp_path)
+    ex = Extractor(small, batch_size=4)
+    results = {r.key: r for r in ex.iter_extract(ExtractItem(n, tmp_path / n) for n in files)}
+    assert set(results) == set(files)
+    for name, (_, good) in files.items():
+        res = results[name]
+        if good:
+            assert res.ok and res.descriptor is not None and res.descriptor.shape == (small.meta.dim,), name
+            assert abs(float(np.linalg.norm(res.descriptor)) - 1) < 1e-4
+        else:
+            assert not res.ok and res.descriptor is None and res.error, name
+    assert "over the limit" in str(results["bomb.png"].error)
+    assert "truncated" in str(results["truncated.jpg"].error)
+    with pytest.raises(ImageDecodeError, match="empty file"):
+        ex.extract([tmp_path / "empty.jpg"])
+
+
+def test_region_descriptors(small: DescriptorModel) -> None:
+    path = f.real_photos(1)[0]
+    w, h = Image.open(path).size
+    single = DescriptorModel.create("efficientnet_lite0", max_side=224, scales=(1.0,))
+    ex = Extractor(single, precision="fp32")
+    res = ex.extract_one(path, boxes=[(0, 0, w, h), (w * 0.25, h * 0.25, w * 0.75, h * 0.75)])
+    assert res.regions is not None and res.regions.shape == (2, single.meta.dim)
+    # a box covering the whole image is the whole-image descriptor
+    assert float(res.regions[0] @ res.descriptor) > 0.9999  # type: ignore[operator]
+    assert float(res.regions[1] @ res.descriptor) < 0.99  # type: ignore[operator]
+    bad = ex.extract_one(path, boxes=[(10, 10, 5, 5)])
+    assert not bad.ok and "empty" in str(bad.error)
+
+
+def test_annotator_boxes_are_pooled(small: DescriptorModel) -> None:
+    path = f.real_photos(1)[0]
+
+    def annotate(img):  # type: ignore[no-untyped-def]
+        w, h = img.original_size
+        return [(0.0, 0.0, w / 2, h / 2)], {"seen": img.pixels.shape}
+
+    res = Extractor(small, annotator=annotate).extract_one(path)
+    assert res.ok and res.regions is not None and res.regions.shape[0] == 1
+    assert res.annotation["seen"][2] == 3
+
+
+def test_learn_whitening_from_a_collection(small: DescriptorModel) -> None:
+    model = DescriptorModel.create("efficientnet_lite0", max_side=160, scales=(1.0,))
+    ex = Extractor(model, batch_size=8)
+    params = ex.learn_whitening(f.real_photos(12), dim=64)
+    # R-MAC whitening is learned on region vectors: many more samples than images
+    assert params.n_samples > 12 * 5 and params.weight.shape == (64, 1280)
+    model.set_whitening(params, learned_from="test photos")
+    out = Extractor(model).extract(f.real_photos(3))
+    assert out.shape == (3, 64) and model.meta.dim == 64
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
