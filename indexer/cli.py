@@ -1,17 +1,59 @@
-"""The ``imsearch`` command line."""
+"""The ``imsearch`` command line: one sub-command per module in :mod:`indexer.commands`.
+
+Each command module exposes ``register(subparsers)``, which adds its parser and sets
+``func`` (``args -> exit code``) on it. Options can also come from environment variables
+(prefix ``IMSEARCH_``) and a config file (see :mod:`indexer.config`).
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import logging
 import sys
 
 from retrieval import __version__
+from retrieval.errors import ImsearchError
+
+logger = logging.getLogger("imsearch")
+
+#: command modules, in the order ``imsearch --help`` lists them
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imsearch",
+        description="Image-retrieval search engine: index photos, search by example, serve the HTTP API.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"imsearch {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"indexer.commands.{name}").register(sub)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``imsearch`` console script."""
-    parser = argparse.ArgumentParser(prog="imsearch", description="Image-retrieval search engine.")
-    parser.add_argument("--version", action="version", version=f"imsearch {__version__}")
-    parser.parse_args(argv)
-    parser.print_help(sys.stderr)
-    return 2
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose > 1 else logging.INFO)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if not args.verbose:
+        for noisy in ("retrieval.models.backbones", "retrieval.models.extract", "alembic", "faiss"):
+            logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(func(args))
+    except ImsearchError as exc:
+        logger.error("%s", exc)
+        return 1
+    except KeyboardInterrupt:
+        logger.warning("interrupted")
+        return 130

@@ -41,6 +41,8 @@ logger = logging.getLogger(__name__)
 #: An annotator sees each decoded image (in a worker thread) and returns boxes to pool
 #: (in original-image pixels) and any payload to hand back with the result.
 Annotator = Callable[[DecodedImage], tuple[Sequence[Box], Any]]
+#: A feature hook sees each batch's float32 feature maps with the item keys and scale indices.
+FeatureHook = Callable[[torch.Tensor, list[Hashable], list[int]], None]
 
 
 @dataclass(frozen=True)
@@ -146,6 +148,7 @@ class Extractor:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         channels_last: bool = True,
         fuse: bool = True,
+        buffer_images: int = 256,
     ) -> None:
         if batch_size < 1:
             raise ImsearchError(f"batch_size must be >= 1, got {batch_size}")
@@ -163,12 +166,15 @@ class Extractor:
             backbone = backbone.to(memory_format=torch.channels_last)
         self.backbone = backbone
         self.batch_size = batch_size
+        # decoded inputs waiting in size buckets: more fills batches better, costs memory
+        self.buffer_images = max(buffer_images, 2 * batch_size)
         self.workers = workers if workers is not None else max(1, min(4, (os.cpu_count() or 2)))
         self.annotator = annotator
         self.max_pixels = max_pixels
         self.meta = model.meta
         self.stats = {"decode_s": 0.0, "forward_s": 0.0, "images": 0, "batches": 0}
-        self._feature_hook: Callable[[torch.Tensor], None] | None = None
+        #: called with (float32 feature maps, item keys, scale indices) of every batch
+        self.feature_hook: FeatureHook | None = None
         logger.info(
             "extractor on %s, %s, batch %d, %d decode workers", self.device, self.dtype, batch_size, self.workers
         )
@@ -201,7 +207,7 @@ class Extractor:
         Streams: only an O(C^2) covariance is kept. Undecodable images are skipped and logged.
         """
         acc = CovarianceAccumulator(self.meta.channels)
-        self._feature_hook = lambda feats: acc.update(self.model.whitening_vectors(feats))
+        self.feature_hook = lambda feats, keys, scales: acc.update(self.model.whitening_vectors(feats))
         failed = 0
         try:
             for res in self.iter_extract(ExtractItem(i, s) for i, s in enumerate(sources)):
@@ -209,14 +215,18 @@ class Extractor:
                     failed += 1
                     logger.warning("whitening: skipping image %s: %s", res.key, res.error)
         finally:
-            self._feature_hook = None
+            self.feature_hook = None
         logger.info("whitening: %d vectors from the images (%d skipped)", acc.count, failed)
         return learn_pca_whitening(acc, dim, power=power)
+
+    def iter_extract_paths(self, paths: Iterable[str | os.PathLike[str]]) -> Iterator[ExtractResult]:
+        """Stream results for files; each result's key is its path."""
+        return self.iter_extract(ExtractItem(p, p) for p in paths)
 
     def iter_extract(self, items: Iterable[ExtractItem]) -> Iterator[ExtractResult]:
         """Stream results (not in input order: each as soon as all its scales are done)."""
         prefetch = max(2 * self.batch_size, 4 * self.workers)
-        max_buffered = 4 * self.batch_size
+        max_buffered = self.buffer_images
         pending: dict[int, _Pending] = {}
         buckets: dict[tuple[int, int], list[_Job]] = {}
         futures: deque[Future[tuple[_Pending, list[_Job]]]] = deque()
@@ -306,7 +316,7 @@ class Extractor:
         jobs = buckets.pop(shape)
         for start in range(0, len(jobs), self.batch_size):
             chunk = jobs[start : start + self.batch_size]
-            descs, regions = self._forward(chunk)
+            descs, regions = self._forward(chunk, [pending[j.slot].result.key for j in chunk])
             for job, desc, reg in zip(chunk, descs, regions, strict=True):
                 entry = pending[job.slot]
                 entry.desc = desc if entry.desc is None else entry.desc + desc
@@ -317,7 +327,7 @@ class Extractor:
                     del pending[job.slot]
                     yield self._finish(entry)
 
-    def _forward(self, jobs: list[_Job]) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+    def _forward(self, jobs: list[_Job], keys: list[Hashable]) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
         import time
 
         t0 = time.perf_counter()
@@ -328,11 +338,11 @@ class Extractor:
             x = self.model.normalize(batch)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with self._autocast():
+            with self.autocast():
                 feats = self.backbone(x)
             feats = feats.float()
-            if self._feature_hook is not None:
-                self._feature_hook(feats)
+            if self.feature_hook is not None:
+                self.feature_hook(feats, keys, [j.scale_index for j in jobs])
             descs = self.model.head(feats)
             regions: list[torch.Tensor | None] = [
                 self.model.head_boxes(feats[i], j.boxes) if j.boxes else None for i, j in enumerate(jobs)
@@ -342,7 +352,7 @@ class Extractor:
         self.stats["images"] += len(jobs)
         return descs, regions
 
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.dtype == torch.float32:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)

@@ -1,0 +1,1 @@
+"""Sub-commands of the imsearch CLI; each module exposes register(subparsers)."""
