@@ -8,7 +8,7 @@ k results returns k whenever k exist.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 
 from retrieval.errors import ImsearchError
 
@@ -43,6 +43,10 @@ class SearchFilter:
             raise ImsearchError(f"min_score must be within [0, 1], got {self.min_score}")
         if not 0.0 <= self.min_area <= 1.0:
             raise ImsearchError(f"min_area must be within [0, 1], got {self.min_area}")
+        for name in ("date_from", "date_to"):  # naive datetimes are taken as UTC, like the catalog does
+            value = getattr(self, name)
+            if value is not None and value.tzinfo is None:
+                object.__setattr__(self, name, value.replace(tzinfo=timezone.utc))
         if self.date_from and self.date_to and self.date_from > self.date_to:
             raise ImsearchError(f"date_from {self.date_from} is after date_to {self.date_to}")
 
