@@ -125,8 +125,10 @@ def main() -> None:
     if args.rss_child:
         rss_child(args.rss_child[0], int(args.rss_child[1]), args.batch)
         return
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
-          f"{torch.backends.cpu.get_cpu_capability()}, CUDA {torch.cuda.is_available()}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
+        f"{torch.backends.cpu.get_cpu_capability()}, CUDA {torch.cuda.is_available()}"
+    )
     for name in args.configs:
         model = build(name)
         n = args.n if name == "lite0" else args.n_vgg
@@ -140,17 +142,36 @@ def main() -> None:
         print(f"  pure forward (pre-decoded, pre-batched):              {fwd:8.2f} images/s")
         print(f"  ratio imsearch / naive:        {rate / ref:5.2f}x   (target >= 2.5)")
         print(f"  ratio end-to-end / forward:    {rate / fwd:5.2f}    (target >= 0.80)")
-        print(f"  time split: decode+resize {ex.stats['decode_s']:.1f} s (worker threads), "
-              f"forward {ex.stats['forward_s']:.1f} s, {ex.stats['batches']} batches")
+        print(
+            f"  time split: decode+resize {ex.stats['decode_s']:.1f} s (worker threads), "
+            f"forward {ex.stats['forward_s']:.1f} s, {ex.stats['batches']} batches"
+        )
     for name in args.configs[:1]:
         print(f"\n[{name}] peak RSS of a streaming extraction (fresh process each):")
         for count in args.rss_counts:
-            out = subprocess.run(
-                [sys.executable, "-m", "bench.extract", "--rss-child", name, str(count), "--batch", str(args.batch)],
-                capture_output=True, text=True, check=True,
-            ).stdout.strip().splitlines()[-1]
+            out = (
+                subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "bench.extract",
+                        "--rss-child",
+                        name,
+                        str(count),
+                        "--batch",
+                        str(args.batch),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                .stdout.strip()
+                .splitlines()[-1]
+            )
             res = json.loads(out)
-            print(f"  {res['n']:5d} photos: peak RSS {res['peak_rss_mib']:7.1f} MiB, {res['images_per_s']:.2f} images/s")
+            print(
+                f"  {res['n']:5d} photos: peak RSS {res['peak_rss_mib']:7.1f} MiB, {res['images_per_s']:.2f} images/s"
+            )
 
 
 if __name__ == "__main__":

@@ -12,13 +12,22 @@ import importlib
 import logging
 import sys
 
+from indexer.config import flags_given, resolve
 from retrieval import __version__
 from retrieval.errors import ImsearchError
 
 logger = logging.getLogger("imsearch")
 
 #: command modules, in the order ``imsearch --help`` lists them
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "index",
+    "search",
+    "stats",
+    "labels",
+    "duplicates",
+    "eval",
+    "reindex",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``imsearch`` console script."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose > 1 else logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -50,6 +60,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
+        sub = getattr(args, "_parser", None)
+        if sub is not None:
+            resolve(sub, args, flags_given(argv), args.command)
+            if getattr(args, "print_config", False):
+                for key, value in sorted(vars(args).items()):
+                    if not key.startswith("_") and key not in ("func", "print_config"):
+                        print(f"{key} = {value!r}")
+                return 0
         return int(func(args))
     except ImsearchError as exc:
         logger.error("%s", exc)

@@ -56,3 +56,7 @@ class NotFoundError(ImsearchError, LookupError):
 
 class EvaluationError(ImsearchError, ValueError):
     """Retrieval-evaluation input is unusable (bad ranks, no positives, malformed ground truth)."""
+
+
+class TrainingError(ImsearchError, ValueError):
+    """Training input or settings are unusable (bad CSV, missing images, empty dataset, bad config)."""

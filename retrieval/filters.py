@@ -8,7 +8,7 @@ k results returns k whenever k exist.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from retrieval.errors import ImsearchError
 
@@ -46,7 +46,7 @@ class SearchFilter:
         for name in ("date_from", "date_to"):  # naive datetimes are taken as UTC, like the catalog does
             value = getattr(self, name)
             if value is not None and value.tzinfo is None:
-                object.__setattr__(self, name, value.replace(tzinfo=timezone.utc))
+                object.__setattr__(self, name, value.replace(tzinfo=UTC))
         if self.date_from and self.date_to and self.date_from > self.date_to:
             raise ImsearchError(f"date_from {self.date_from} is after date_to {self.date_to}")
 

@@ -192,8 +192,17 @@ class Extractor:
     def extract_one(
         self, source: ImageSource | DecodedImage | np.ndarray, boxes: Sequence[Box] = ()
     ) -> ExtractResult:
-        """One image (and optional boxes); errors come back in ``result.error``."""
-        return next(iter(self.iter_extract([ExtractItem(0, source, tuple(boxes))])))
+        """One image (and optional boxes), on the calling thread; errors come back in ``result.error``.
+
+        No thread pool is involved, so this is the low-latency path for a single query.
+        """
+        entry, jobs = self._prepare(0, ExtractItem(0, source, tuple(boxes)))
+        if entry.result.error is not None:
+            return entry.result
+        for job in jobs:
+            descs, regions = self._forward([job], [0])
+            self._accumulate(entry, descs[0], regions[0])
+        return self._finish(entry)
 
     def learn_whitening(
         self,
@@ -221,7 +230,7 @@ class Extractor:
 
     def iter_extract_paths(self, paths: Iterable[str | os.PathLike[str]]) -> Iterator[ExtractResult]:
         """Stream results for files; each result's key is its path."""
-        return self.iter_extract(ExtractItem(p, p) for p in paths)
+        return self.iter_extract(ExtractItem(os.fspath(p), p) for p in paths)
 
     def iter_extract(self, items: Iterable[ExtractItem]) -> Iterator[ExtractResult]:
         """Stream results (not in input order: each as soon as all its scales are done)."""
@@ -319,10 +328,7 @@ class Extractor:
             descs, regions = self._forward(chunk, [pending[j.slot].result.key for j in chunk])
             for job, desc, reg in zip(chunk, descs, regions, strict=True):
                 entry = pending[job.slot]
-                entry.desc = desc if entry.desc is None else entry.desc + desc
-                if reg is not None:
-                    entry.regions = reg if entry.regions is None else entry.regions + reg
-                entry.scales_left -= 1
+                self._accumulate(entry, desc, reg)
                 if entry.scales_left == 0:
                     del pending[job.slot]
                     yield self._finish(entry)
@@ -356,6 +362,13 @@ class Extractor:
         if self.dtype == torch.float32:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    @staticmethod
+    def _accumulate(entry: _Pending, desc: torch.Tensor, regions: torch.Tensor | None) -> None:
+        entry.desc = desc if entry.desc is None else entry.desc + desc
+        if regions is not None:
+            entry.regions = regions if entry.regions is None else entry.regions + regions
+        entry.scales_left -= 1
 
     @staticmethod
     def _finish(entry: _Pending) -> ExtractResult:

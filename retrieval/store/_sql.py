@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
 import numpy as np
@@ -13,7 +13,7 @@ from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
 from retrieval.errors import CatalogError
-from retrieval.store.tables import SPACES
+from retrieval.store.tables import ALL_SPACES
 
 T = TypeVar("T")
 
@@ -28,7 +28,7 @@ _INSERTS: dict[str, Callable[[sa.Table], Any]] = {
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def chunks(items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
@@ -47,8 +47,8 @@ def int_list(values: Any, what: str) -> list[int]:
 
 
 def check_space(space: str) -> str:
-    if space not in SPACES:
-        raise CatalogError(f"unknown vector space {space!r}; valid spaces: {', '.join(SPACES)}")
+    if space not in ALL_SPACES:
+        raise CatalogError(f"unknown vector space {space!r}; valid spaces: {', '.join(ALL_SPACES)}")
     return space
 
 

@@ -26,8 +26,10 @@ def _json_object(value: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
     return data
 
 
-def register_model(session: Session, *, fingerprint: str, name: str, meta: Mapping[str, Any]) -> ModelRecord:
-    """Record a descriptor model (or find it again by ``fingerprint``) and make it the active one."""
+def register_model(
+    session: Session, *, fingerprint: str, name: str, meta: Mapping[str, Any], activate: bool = True
+) -> ModelRecord:
+    """Record a descriptor model (or find it again by ``fingerprint``); make it the active one unless told not to."""
     if not fingerprint:
         raise CatalogError("a model fingerprint must not be empty")
     row = {
@@ -42,8 +44,9 @@ def register_model(session: Session, *, fingerprint: str, name: str, meta: Mappi
         session.execute(sa.text("LOCK TABLE models IN SHARE ROW EXCLUSIVE MODE"))
     m = t.models.c
     model_id = session.execute(sa.select(m.id).where(m.fingerprint == fingerprint)).scalar_one()
-    session.execute(sa.update(t.models).where(m.is_active, m.id != model_id).values(is_active=False))
-    session.execute(sa.update(t.models).where(m.id == model_id).values(is_active=True))
+    if activate:
+        session.execute(sa.update(t.models).where(m.is_active, m.id != model_id).values(is_active=False))
+        session.execute(sa.update(t.models).where(m.id == model_id).values(is_active=True))
     record = get_model(session, model_id=model_id)
     if record is None:  # pragma: no cover - just written in this transaction
         raise CatalogError(f"model {fingerprint!r} vanished right after being registered")
@@ -75,6 +78,16 @@ def record_failure(session: Session, *, path: str, reason: str, size_bytes: int,
 def get_failure(session: Session, *, path: str) -> FailureRecord | None:
     row = session.execute(sa.select(t.failures).where(t.failures.c.path == path)).first()
     return None if row is None else FailureRecord(**row._mapping)
+
+
+def get_failures_by_path(session: Session, *, paths: Sequence[str]) -> dict[str, FailureRecord]:
+    """The recorded failures among ``paths`` (bulk lookup)."""
+    found: dict[str, FailureRecord] = {}
+    for chunk in chunks(sorted(set(paths))):
+        for row in session.execute(sa.select(t.failures).where(t.failures.c.path.in_(chunk))):
+            rec = FailureRecord(**row._mapping)
+            found[rec.path] = rec
+    return found
 
 
 def clear_failures(session: Session, *, paths: Sequence[str]) -> int:

@@ -116,6 +116,24 @@ def get_file(session: Session, *, path: str) -> FileRecord | None:
     return None if row is None else FileRecord(**row._mapping)
 
 
+def get_files_by_path(session: Session, *, paths: Sequence[str]) -> dict[str, FileRecord]:
+    """The known files among ``paths`` (bulk lookup for the indexer's skip/changed check)."""
+    found: dict[str, FileRecord] = {}
+    for chunk in chunks(sorted(set(paths))):
+        for row in session.execute(sa.select(t.files).where(t.files.c.path.in_(chunk))):
+            rec = FileRecord(**row._mapping)
+            found[rec.path] = rec
+    return found
+
+
+def existing_images(session: Session, *, image_ids: Sequence[int] | np.ndarray) -> set[int]:
+    """Which of ``image_ids`` are in the catalog."""
+    found: set[int] = set()
+    for chunk in chunks(sorted(set(int_list(image_ids, "image_ids")))):
+        found.update(session.execute(sa.select(t.images.c.id).where(t.images.c.id.in_(chunk))).scalars())
+    return found
+
+
 def get_files(session: Session, *, image_id: int) -> list[FileRecord]:
     """Every known file holding image ``image_id`` (duplicates), sorted by path."""
     query = sa.select(t.files).where(t.files.c.image_id == int(image_id)).order_by(t.files.c.path)

@@ -1,6 +1,7 @@
 """Catalog functions for descriptor vectors, the source of truth of the FAISS indexes.
 
-Vectors live in two spaces: ``"image"`` (id = image id) and ``"region"`` (id = region id);
+Vectors live in two spaces: ``"image"`` (id = image id) and ``"region"`` (id = region id),
+plus their staging twins ``"image_next"`` / ``"region_next"`` while `imsearch reindex` runs;
 each row keeps its image id, the model that computed it and its float32 data as
 little-endian bytes. All vectors of a space share one dimension.
 """
@@ -18,6 +19,7 @@ from sqlalchemy.orm import Session
 from retrieval.errors import CatalogError, NotFoundError
 from retrieval.store import tables as t
 from retrieval.store._sql import check_space, chunks, int_list, rowcount, upsert
+from retrieval.store.tables import STAGING
 
 _F32 = np.dtype("<f4")
 
@@ -159,3 +161,17 @@ def delete_vectors(session: Session, *, space: str, ids: Sequence[int] | np.ndar
         stmt = sa.delete(t.vectors).where(t.vectors.c.space == space, t.vectors.c.id.in_(chunk))
         removed += rowcount(session.execute(stmt))
     return removed
+
+
+def promote_staged_vectors(session: Session) -> dict[str, int]:
+    """Replace each space's vectors by its staged ones (``image_next`` -> ``image`` ...), in this transaction.
+
+    Used by `imsearch reindex` once every vector of the new model is staged; returns the
+    number of vectors now in each space.
+    """
+    counts: dict[str, int] = {}
+    for space, staged in STAGING.items():
+        session.execute(sa.delete(t.vectors).where(t.vectors.c.space == space))
+        result = session.execute(sa.update(t.vectors).where(t.vectors.c.space == staged).values(space=space))
+        counts[space] = rowcount(result)
+    return counts

@@ -18,7 +18,7 @@ Conventions:
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -27,6 +27,9 @@ from sqlalchemy.engine import Dialect
 IMAGE_SPACE = "image"
 REGION_SPACE = "region"
 SPACES: tuple[str, ...] = (IMAGE_SPACE, REGION_SPACE)
+#: where `imsearch reindex` stages the vectors of a new model before swapping them in
+STAGING: dict[str, str] = {IMAGE_SPACE: "image_next", REGION_SPACE: "region_next"}
+ALL_SPACES: tuple[str, ...] = SPACES + tuple(STAGING.values())
 REGION_SOURCES: tuple[str, ...] = ("detector", "query", "grid", "manual")
 LABEL_SOURCES: tuple[str, ...] = ("detector", "segmenter")
 JOB_STATUSES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -42,7 +45,7 @@ class UtcDateTime(sa.types.TypeDecorator[datetime]):
         if value is None:
             return None
         if value.tzinfo is not None:
-            value = value.astimezone(timezone.utc).replace(tzinfo=None)
+            value = value.astimezone(UTC).replace(tzinfo=None)
         return value
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
@@ -50,7 +53,7 @@ class UtcDateTime(sa.types.TypeDecorator[datetime]):
             return None
         if not isinstance(value, datetime):  # pragma: no cover - drivers return datetime
             value = datetime.fromisoformat(str(value))
-        return value.replace(tzinfo=timezone.utc)
+        return value.replace(tzinfo=UTC)
 
 
 def key_type() -> sa.types.TypeEngine[int]:
@@ -135,7 +138,7 @@ vectors = sa.Table(
     sa.Column("model_id", sa.Integer(), sa.ForeignKey("models.id", name="fk_vectors_model"), nullable=False),
     sa.Column("dim", sa.Integer(), nullable=False),
     sa.Column("data", sa.LargeBinary(), nullable=False),
-    sa.CheckConstraint("space IN ('image', 'region')", name="ck_vectors_space"),
+    sa.CheckConstraint("space IN ('image', 'region', 'image_next', 'region_next')", name="ck_vectors_space"),
 )
 # Covering indexes: cascades and filters look vectors up by image, filters scan a space's
 # (image_id, id) pairs without reading the vector data.

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -22,7 +22,6 @@ from retrieval.store.db import Database, head_revision, open_database
 from retrieval.store.tables import metadata
 from tests.retrieval.catalog_data import add_image, info, model_id, sha
 
-UTC = timezone.utc
 TABLES = {"meta", "models", "images", "files", "vectors", "regions", "labels", "failures", "jobs"}
 
 

@@ -3,7 +3,7 @@ expectations, and random filters against a naive Python reference."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import numpy as np
@@ -14,8 +14,6 @@ from retrieval.store import catalog
 from retrieval.store.catalog import FileInfo, LabelStat, RegionInfo
 from retrieval.store.db import Database
 from tests.retrieval.catalog_data import add_image, model_id
-
-UTC = timezone.utc
 
 
 def _build_filter_fixture(s: Session) -> dict[str, int]:

@@ -1,0 +1,357 @@
+"""The search engine: query -> descriptor -> filtered vector search -> re-rank -> hits with metadata.
+
+One facade for the CLI and the HTTP API alike. A query is an image (bytes or a path),
+an indexed image id, or a box on either. Filters are resolved by the catalog into
+allowed ids and applied inside the FAISS search, so ``k`` hits come back whenever ``k``
+exist. Object search also matches the query against region descriptors (detected
+objects) and groups the results per image, returning the matching box.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retrieval.collection import Collection
+from retrieval.errors import ImsearchError, NotFoundError
+from retrieval.filters import SearchFilter
+from retrieval.imageio import ImageSource
+from retrieval.models.descriptor import Box
+from retrieval.models.extract import Extractor
+from retrieval.rerank import RerankOptions, weighted_average
+from retrieval.store import catalog
+from retrieval.store.catalog import ImageRecord
+
+logger = logging.getLogger(__name__)
+
+MAX_K = 1000
+
+
+@dataclass(frozen=True)
+class Query:
+    """What to search with: an image (bytes/path) or an indexed image id, optionally a box on it."""
+
+    image: ImageSource | None = None
+    image_id: int | None = None
+    box: Box | None = None
+
+    def __post_init__(self) -> None:
+        if (self.image is None) == (self.image_id is None):
+            raise ImsearchError("a query needs exactly one of an image or an indexed image id")
+
+
+@dataclass(frozen=True)
+class LabelInfo:
+    label: str
+    source: str
+    score: float
+    area: float
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One result: an image, its score, and (object search) the region that matched."""
+
+    image_id: int
+    score: float
+    path: str | None
+    width: int
+    height: int
+    labels: tuple[LabelInfo, ...] = ()
+    box: Box | None = None
+    region_id: int | None = None
+    region_label: str | None = None
+
+
+@dataclass
+class SearchResult:
+    hits: list[Hit]
+    took_ms: float
+    query_box: Box | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DuplicateGroup:
+    image_ids: tuple[int, ...]
+    paths: tuple[str | None, ...]
+    min_score: float
+
+
+class SearchEngine:
+    """Search over one :class:`Collection` with its descriptor model."""
+
+    def __init__(self, collection: Collection, extractor: Extractor | None = None) -> None:
+        self.collection = collection
+        self.extractor = extractor or Extractor(collection.model, batch_size=8)
+
+    @classmethod
+    def open(
+        cls,
+        root: str | os.PathLike[str],
+        *,
+        db_url: str | None = None,
+        model: Any = None,
+        writable: bool = False,
+        device: str = "auto",
+        precision: str = "auto",
+    ) -> SearchEngine:
+        collection = Collection.open(root, db_url=db_url, model=model, writable=writable, create=writable)
+        extractor = Extractor(collection.model, device=device, precision=precision, batch_size=8)
+        return cls(collection, extractor)
+
+    def close(self) -> None:
+        self.collection.close()
+
+    # ------------------------------------------------------------------ queries
+    def describe(self, query: Query) -> tuple[np.ndarray, Box | None]:
+        """The query descriptor (the box's region descriptor when a box is given)."""
+        if query.image_id is not None and query.box is None:
+            with self.collection.db.session(readonly=True) as s:
+                if catalog.get_image(s, image_id=query.image_id) is None:
+                    raise NotFoundError(f"no indexed image with id {query.image_id}")
+                return catalog.get_vectors(s, space="image", ids=[query.image_id])[0], None
+        source: ImageSource
+        if query.image_id is not None:
+            source = self.image_file(query.image_id)
+        else:
+            assert query.image is not None  # checked by Query
+            source = query.image
+        boxes = [query.box] if query.box is not None else []
+        res = self.extractor.extract_one(source, boxes=boxes)
+        if res.error is not None or res.descriptor is None:
+            from retrieval.errors import ImageDecodeError
+
+            name = str(source) if isinstance(source, (str, os.PathLike)) else "query image"
+            raise ImageDecodeError(name, res.error or "no descriptor")
+        if query.box is not None:
+            assert res.regions is not None
+            return res.regions[0], res.boxes[0]
+        return res.descriptor, None
+
+    def search(
+        self,
+        query: Query,
+        *,
+        k: int = 10,
+        threshold: float | None = None,
+        flt: SearchFilter | None = None,
+        rerank: RerankOptions | None = None,
+        objects: bool = False,
+        exclude_query: bool = False,
+    ) -> SearchResult:
+        """Top-``k`` images for ``query``; see the module docstring."""
+        if not 1 <= k <= MAX_K:
+            raise ImsearchError(f"k must be within 1..{MAX_K}, got {k}")
+        t0 = time.perf_counter()
+        vec, box = self.describe(query)
+        t1 = time.perf_counter()
+        exclude = np.array([query.image_id], dtype=np.int64) if exclude_query and query.image_id is not None else None
+        allowed = self._allowed("image", flt)
+        scores, ids = self._vector_search(vec, k, allowed, exclude, rerank or RerankOptions())
+        found: dict[int, tuple[float, Box | None, int | None, str | None]] = {
+            int(i): (float(d), None, None, None) for d, i in zip(scores, ids, strict=True) if i >= 0
+        }
+        if objects:
+            for image_id, (score, rbox, rid, rlabel) in self._object_search(vec, k, flt, exclude).items():
+                if image_id not in found or score > found[image_id][0]:
+                    found[image_id] = (score, rbox, rid, rlabel)
+        ranked = sorted(found.items(), key=lambda kv: (-kv[1][0], kv[0]))
+        if threshold is not None:
+            ranked = [kv for kv in ranked if kv[1][0] >= threshold]
+        ranked = ranked[:k]
+        t2 = time.perf_counter()
+        hits = self._hits(ranked)
+        t3 = time.perf_counter()
+        timings = {"describe_ms": (t1 - t0) * 1e3, "search_ms": (t2 - t1) * 1e3, "metadata_ms": (t3 - t2) * 1e3}
+        return SearchResult(hits=hits, took_ms=(t3 - t0) * 1e3, query_box=box, timings=timings)
+
+    def _allowed(self, space: str, flt: SearchFilter | None) -> np.ndarray | None:
+        if flt is None or flt.is_empty:
+            return None
+        with self.collection.db.session(readonly=True) as s:
+            return catalog.resolve_filter(s, space=space, flt=flt)
+
+    def _vector_search(
+        self, vec: np.ndarray, k: int, allowed: np.ndarray | None, exclude: np.ndarray | None, rerank: RerankOptions
+    ) -> tuple[np.ndarray, np.ndarray]:
+        index = self.collection.indexes["image"]
+        q = np.ascontiguousarray(vec[None, :], dtype=np.float32)
+        first_k = max(k, rerank.aqe_n, rerank.shortlist if rerank.dba_n else 0)
+        scores, ids = index.search(q, first_k, allowed_ids=allowed, exclude_ids=exclude)
+        if rerank.aqe_n:
+            top = ids[0, : rerank.aqe_n]
+            top = top[top >= 0]
+            if len(top):
+                neigh = index.reconstruct(top)[None]
+                q = weighted_average(q, neigh, scores[:, : len(top)], rerank.alpha)
+                scores, ids = index.search(q, first_k, allowed_ids=allowed, exclude_ids=exclude)
+        if rerank.dba_n:
+            scores, ids = self._dba(q, scores[0], ids[0], rerank)
+            return scores, ids
+        return scores[0, :k], ids[0, :k]
+
+    def _dba(
+        self, q: np.ndarray, scores: np.ndarray, ids: np.ndarray, rerank: RerankOptions
+    ) -> tuple[np.ndarray, np.ndarray]:
+        index = self.collection.indexes["image"]
+        cand = ids[(ids >= 0)][: rerank.shortlist]
+        if not len(cand):
+            return scores, ids
+        vectors = index.reconstruct(cand)
+        nsims, nids = index.search(np.ascontiguousarray(vectors), rerank.dba_n + 1)
+        neigh = np.zeros((len(cand), rerank.dba_n, vectors.shape[1]), dtype=np.float32)
+        sims = np.full((len(cand), rerank.dba_n), np.nan, dtype=np.float32)
+        for row in range(len(cand)):
+            others = [(s, i) for s, i in zip(nsims[row], nids[row], strict=True) if i >= 0 and i != cand[row]]
+            others = others[: rerank.dba_n]
+            if others:
+                neigh[row, : len(others)] = index.reconstruct(np.array([i for _, i in others], dtype=np.int64))
+                sims[row, : len(others)] = [s for s, _ in others]
+        augmented = weighted_average(vectors, neigh, sims, rerank.alpha)
+        new_scores = augmented @ q[0]
+        order = np.argsort(-new_scores, kind="stable")
+        return new_scores[order].astype(np.float32), cand[order]
+
+    def _object_search(
+        self, vec: np.ndarray, k: int, flt: SearchFilter | None, exclude: np.ndarray | None
+    ) -> dict[int, tuple[float, Box, int, str | None]]:
+        index = self.collection.indexes["region"]
+        if not len(index):
+            return {}
+        allowed = self._allowed("region", flt)
+        scores, rids = index.search(np.ascontiguousarray(vec[None, :], dtype=np.float32), 4 * k, allowed_ids=allowed)
+        valid = [(float(s), int(r)) for s, r in zip(scores[0], rids[0], strict=True) if r >= 0]
+        if not valid:
+            return {}
+        with self.collection.db.session(readonly=True) as s:
+            records = catalog.get_regions_by_id(s, region_ids=[r for _, r in valid])
+        best: dict[int, tuple[float, Box, int, str | None]] = {}
+        skip = set(exclude.tolist()) if exclude is not None else set()
+        for (score, rid), rec in zip(valid, records, strict=True):
+            if rec is None or rec.image_id in skip:
+                continue
+            if rec.image_id not in best or score > best[rec.image_id][0]:
+                best[rec.image_id] = (score, rec.box, rid, rec.label)
+        return best
+
+    def _hits(self, ranked: list[tuple[int, tuple[float, Box | None, int | None, str | None]]]) -> list[Hit]:
+        if not ranked:
+            return []
+        ids = [i for i, _ in ranked]
+        with self.collection.db.session(readonly=True) as s:
+            images = catalog.get_images(s, image_ids=ids)
+            labels = catalog.get_labels(s, image_ids=ids)
+        hits = []
+        for (image_id, (score, box, rid, rlabel)), rec in zip(ranked, images, strict=True):
+            if rec is None:  # deleted between the vector search and now
+                continue
+            lab = tuple(
+                LabelInfo(lr.label, lr.source, lr.max_score, lr.area_fraction)
+                for lr in sorted(labels.get(image_id, []), key=lambda r: -r.max_score)
+            )
+            hits.append(Hit(image_id, score, rec.path or rec.stored_path, rec.width, rec.height, lab, box, rid, rlabel))
+        return hits
+
+    # ------------------------------------------------------------------ collection views
+    def image(self, image_id: int) -> ImageRecord:
+        with self.collection.db.session(readonly=True) as s:
+            rec = catalog.get_image(s, image_id=image_id)
+        if rec is None:
+            raise NotFoundError(f"no indexed image with id {image_id}")
+        return rec
+
+    def image_file(self, image_id: int) -> Path:
+        """Where the original of an indexed image can be read."""
+        rec = self.image(image_id)
+        candidates = [rec.stored_path, rec.path]
+        with self.collection.db.session(readonly=True) as s:
+            candidates += [f.path for f in catalog.get_files(s, image_id=image_id)]
+        for cand in candidates:
+            if cand:
+                path = Path(cand)
+                if not path.is_absolute():
+                    path = self.collection.root / path
+                if path.is_file():
+                    return path
+        raise NotFoundError(f"the original of image {image_id} is no longer on disk (last seen at {rec.path})")
+
+    def labels(self, min_score: float = 0.0) -> list[tuple[str, int]]:
+        with self.collection.db.session(readonly=True) as s:
+            return catalog.label_counts(s, min_score=min_score)
+
+    def duplicates(self, threshold: float = 0.95, *, neighbours: int = 16, batch: int = 4096) -> list[DuplicateGroup]:
+        """Groups of near-duplicate images: connected components of pairs scoring >= threshold."""
+        if not 0.0 < threshold <= 1.0:
+            raise ImsearchError(f"threshold must be within (0, 1], got {threshold}")
+        index = self.collection.indexes["image"]
+        ids = index.ids()
+        parent = {int(i): int(i) for i in ids}
+
+        def find(x: int) -> int:
+            while parent[x] != x:
+                parent[x] = parent[parent[x]]
+                x = parent[x]
+            return x
+
+        lowest: dict[tuple[int, int], float] = {}
+        for start in range(0, len(ids), batch):
+            chunk = ids[start : start + batch]
+            sims, nids = index.search(index.reconstruct(chunk), neighbours)
+            for a, row_s, row_i in zip(chunk, sims, nids, strict=True):
+                for s, b in zip(row_s, row_i, strict=True):
+                    if b < 0 or b == a or s < threshold:
+                        continue
+                    ra, rb = find(int(a)), find(int(b))
+                    if ra != rb:
+                        parent[ra] = rb
+                    key = (min(int(a), int(b)), max(int(a), int(b)))
+                    lowest[key] = float(s)
+        groups: dict[int, list[int]] = {}
+        for i in parent:
+            groups.setdefault(find(i), []).append(i)
+        members = [sorted(g) for g in groups.values() if len(g) > 1]
+        out = []
+        with self.collection.db.session(readonly=True) as s:
+            for group in members:
+                recs = catalog.get_images(s, image_ids=group)
+                scores = [v for (a, _), v in lowest.items() if a in group]
+                out.append(
+                    DuplicateGroup(tuple(group), tuple(r.path if r else None for r in recs), min(scores, default=1.0))
+                )
+        out.sort(key=lambda g: (-len(g.image_ids), g.image_ids))
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        with self.collection.db.session(readonly=True) as s:
+            st = catalog.stats(s)
+        return {
+            "images": st.images,
+            "files": st.files,
+            "regions": st.regions,
+            "labels": st.labels,
+            "failures": st.failures,
+            "vectors": dict(st.vectors),
+            "model": self.collection.model.meta.describe(),
+            "model_fingerprint": self.collection.model.fingerprint,
+            "dim": self.collection.model.meta.dim,
+            "index": {
+                space: {"kind": idx.kind, "factory": idx.factory, "size": len(idx)}
+                for space, idx in self.collection.indexes.items()
+            },
+            "database": self.collection.db.dialect,
+            "data_dir": str(self.collection.root),
+        }
+
+    def iter_images(self, batch: int = 1000) -> Iterator[Sequence[ImageRecord]]:
+        ids = self.collection.indexes["image"].ids()
+        for start in range(0, len(ids), batch):
+            with self.collection.db.session(readonly=True) as s:
+                yield [r for r in catalog.get_images(s, image_ids=ids[start : start + batch]) if r]
