@@ -19,7 +19,7 @@ import hashlib
 import tempfile
 import time
 from collections import defaultdict
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from retrieval.store.catalog import FileInfo, ImageInfo, LabelStat, RegionInfo
 from retrieval.store.db import Database, open_database
 
 VOCAB = [f"label{i:02d}" for i in range(20)]
-T0 = datetime(2019, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2019, 1, 1, tzinfo=UTC)
 
 
 def build(db: Database, n: int, dim: int, seed: int = 0) -> dict[str, float]:
