@@ -68,8 +68,8 @@ def make_objects(n: int, workdir: Path, rng: np.random.Generator) -> list[tuple[
 
 def index(photos: Path, data: Path, model: DescriptorModel, *, detect: bool, segment: bool) -> tuple[Collection, float]:
     col = Collection.open(data, model=model)
-    det = create_detector("yolox_nano", model_dir=SHARED / "models") if detect else None
-    seg = create_segmenter("deeplabv3_mobilenetv2_voc", model_dir=SHARED / "models") if segment else None
+    det = create_detector("yolox_nano", model_dir=SHARED / "models", threads=1) if detect else None
+    seg = create_segmenter("deeplabv3_mobilenetv2_voc", model_dir=SHARED / "models", threads=1) if segment else None
     opts = IndexOptions(progress=False, region_min_score=0.3)
     summary = Indexer(col, Extractor(model, batch_size=16), detector=det, segmenter=seg, options=opts).run([photos])
     return col, summary.indexed / summary.seconds

@@ -56,6 +56,13 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run, _parser=p)
 
 
+def _vision_options(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    if name.startswith("tv:"):  # torchvision back ends: weights from torchvision's cache
+        return {"device": args.device}
+    # ONNX files run inside the decode workers, beside the backbone: one thread each
+    return {"model_dir": args.model_dir, "threads": 1}
+
+
 def run(args: argparse.Namespace) -> int:
     from indexer.pipeline import Indexer, IndexOptions
     from retrieval.collection import Collection
@@ -72,9 +79,9 @@ def run(args: argparse.Namespace) -> int:
             from retrieval.vision import create_detector, create_segmenter
 
             if args.detect:
-                detector = create_detector(args.detector, model_dir=args.model_dir)
+                detector = create_detector(args.detector, **_vision_options(args.detector, args))
             if args.segment:
-                segmenter = create_segmenter(args.segmenter, model_dir=args.model_dir)
+                segmenter = create_segmenter(args.segmenter, **_vision_options(args.segmenter, args))
         extractor = Extractor(collection.model, device=args.device, batch_size=args.batch_size, workers=args.workers)
         options = IndexOptions(
             prune=args.prune,

@@ -16,6 +16,8 @@ from indexer.config import add_common
 
 EXAMPLES = """examples:
   imsearch reindex --model runs/caltech/best.pt          # a model from `imsearch train`
+  imsearch reindex --learn-whitening --whiten-dim 512     # PCA-whitening learned from the collection itself
+  imsearch reindex --learn-whitening --whiten-from ~/landmarks-train   # ... or from a training set
   imsearch reindex --backbone efficientnet_lite2 --max-side 640
   imsearch reindex --model best.pt --drop-missing         # forget images whose files are gone
 """
@@ -31,9 +33,58 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--drop-missing", action="store_true", help="remove images whose file can no longer be read")
     p.add_argument("--batch-size", type=int, default=16, help="images per model batch (default: %(default)s)")
+    white = p.add_argument_group("whitening")
+    white.add_argument(
+        "--learn-whitening",
+        action="store_true",
+        help="learn PCA-whitening for the model (the given one, else the collection's) before re-indexing",
+    )
+    white.add_argument(
+        "--whiten-from",
+        default=None,
+        metavar="DIR",
+        help="learn it from these images (default: a sample of the collection itself)",
+    )
+    white.add_argument("--whiten-dim", type=int, default=None, help="output dimension (default: the backbone's)")
+    white.add_argument("--whiten-sample", type=int, default=2000, help="images sampled from the collection")
     add_model_options(p)
     add_common(p)
     p.set_defaults(func=run, _parser=p)
+
+
+def _whitened(collection: Any, model: Any, args: argparse.Namespace) -> Any:
+    """A copy of ``model`` (or of the collection's) with PCA-whitening learned from images."""
+    import numpy as np
+
+    from indexer.scan import FileEntry, scan
+    from retrieval.collection import model_path
+    from retrieval.errors import ImsearchError
+    from retrieval.models.descriptor import DescriptorModel
+    from retrieval.models.extract import Extractor
+    from retrieval.store import catalog
+
+    base = (
+        model if model is not None else DescriptorModel.load(model_path(collection.root, collection.model.fingerprint))
+    )
+    if base.meta.whitening is not None:
+        base.set_whitening(None)
+    if args.whiten_from:
+        sources = [e.path for e in scan([args.whiten_from]) if isinstance(e, FileEntry)]
+        origin = f"folder {args.whiten_from}"
+    else:
+        ids = collection.indexes["image"].ids()
+        rng = np.random.default_rng(0)
+        picked = rng.choice(ids, size=min(args.whiten_sample, len(ids)), replace=False) if len(ids) else ids
+        with collection.db.session(readonly=True) as s:
+            records = catalog.get_images(s, image_ids=picked)
+        sources = [r.path for r in records if r is not None and r.path]
+        origin = f"{len(sources)} images of the collection"
+    if len(sources) < 2:
+        raise ImsearchError(f"too few images to learn whitening from ({len(sources)})")
+    params = Extractor(base, device=args.device, batch_size=args.batch_size).learn_whitening(sources, args.whiten_dim)
+    base.set_whitening(params, learned_from=origin)
+    print(f"whitening learned from {origin}: {params.n_samples} vectors, dim {params.weight.shape[0]}")
+    return base
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,9 +99,18 @@ def run(args: argparse.Namespace) -> int:
     from retrieval.reindex import reindex
 
     model = model_from_args(args)
-    if model is None:
-        raise ImsearchError("reindex needs the new model: --model FILE, or --backbone NAME (with --weights ...)")
+    if model is None and not args.learn_whitening:
+        raise ImsearchError(
+            "reindex needs the new model: --model FILE, --backbone NAME (with --weights ...), or --learn-whitening"
+        )
     collection = Collection.open(args.data_dir, db_url=args.db, create=False)
+    if args.learn_whitening:
+        try:
+            model = _whitened(collection, model, args)
+        except BaseException:
+            collection.close()
+            raise
+    assert model is not None
     stop = threading.Event()
 
     def on_sigint(signum: int, frame: FrameType | None) -> None:

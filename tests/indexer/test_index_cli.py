@@ -243,3 +243,10 @@ def test_reindex_with_another_model_swaps_atomically(tmp_path: Path, photos: Pat
         "reindex", "--backbone", "efficientnet_lite0", "--max-side", "192", "--scales", "1", "--drop-missing", data=data
     ).stdout
     assert "1 dropped" in out and "index rebuilt: 11 images" in out
+    # PCA-whitening learned from the collection itself, then swapped in the same way
+    out = imsearch("reindex", "--learn-whitening", "--whiten-dim", "16", data=data).stdout
+    assert "whitening learned from 11 images of the collection" in out and "index rebuilt: 11 images" in out
+    stats = json.loads(imsearch("stats", "--json", data=data).stdout)
+    assert stats["dim"] == 16 and "whitened to 16" in stats["model"]
+    res = json.loads(imsearch("search", str(query), "-k", "1", "--json", data=data).stdout)
+    assert res["hits"][0]["path"] == str(query) and res["hits"][0]["score"] > 0.999
