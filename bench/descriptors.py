@@ -76,6 +76,13 @@ def main() -> None:
     parser.add_argument("--distractors", type=int, default=None, help="distractor photos (default: all)")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--dims", type=int, nargs="+", default=[0, 512], help="whitening dims (0 = full)")
+    parser.add_argument(
+        "--save",
+        type=Path,
+        default=None,
+        help="write the default descriptors (multi-scale R-MAC) "
+        "to this .npy, e.g. for `python -m bench.search --real FILE`",
+    )
     args = parser.parse_args()
 
     data = folder_dataset(SHARED / "caltech101-half", distractor_dirs=[SHARED / "caltech101-distractors"])
@@ -103,6 +110,8 @@ def main() -> None:
         for white_name, white in variants:
             for scale_name, scales in (("multi", all_scales), ("1", [0])):
                 desc = describe(per_image, n, scales, white)
+                if args.save and name == "rmac" and white is None and scale_name == "multi":
+                    np.save(args.save, desc)
                 res = evaluate_descriptors(desc, labels, ks=(10,))
                 print(f"{name:8s} {white_name:12s} {scale_name:7s} {res.map * 100:7.2f} {res.mp_at_k[10] * 100:7.2f}")
 

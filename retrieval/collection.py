@@ -181,7 +181,9 @@ class Collection:
         try:
             db = open_database(db_url or f"sqlite:///{root_path / 'catalog.db'}")
             descriptor_model, model_id = _resolve_model(root_path, db, model, writable)
-            indexes = {space: _open_index(root_path, space, descriptor_model, index_kind) for space in SPACES}
+            indexes = {
+                space: _open_index(root_path, space, descriptor_model, index_kind, writable) for space in SPACES
+            }
             collection = cls(
                 root_path, db, descriptor_model, model_id, indexes, writer_lock=lock, index_kind=index_kind
             )
@@ -212,6 +214,11 @@ class Collection:
             have = index.ids()
             extra = np.setdiff1d(have, wanted, assume_unique=True)
             missing = np.setdiff1d(wanted, have, assume_unique=True)
+            if (len(extra) or len(missing)) and not self.writable and self.index_dir(space).exists():
+                # a reader must not touch the writer's files: repair a copy held in memory
+                index = VectorIndex.load(self.index_dir(space), mmap=False)
+                self.indexes[space].close()
+                self.indexes[space] = index
             if len(extra):
                 index.remove(extra)
                 report.removed[space] = len(extra)
@@ -465,7 +472,7 @@ def _resolve_model(
     return chosen, record.id
 
 
-def _open_index(root: Path, space: str, model: DescriptorModel, kind: str) -> VectorIndex:
+def _open_index(root: Path, space: str, model: DescriptorModel, kind: str, writable: bool) -> VectorIndex:
     directory = root / "index" / space
     if directory.exists():
         try:
@@ -476,7 +483,8 @@ def _open_index(root: Path, space: str, model: DescriptorModel, kind: str) -> Ve
             index.close()
         except VectorIndexError as exc:
             logger.warning("index %s is unreadable (%s): rebuilding it from the catalog", directory, exc)
-        shutil.rmtree(directory, ignore_errors=True)
+        if writable:  # a reader rebuilds in memory and leaves the files to the writer
+            shutil.rmtree(directory, ignore_errors=True)
     index = VectorIndex(model.meta.dim, kind=kind)
     index.model_info = {"fingerprint": model.fingerprint, "meta": model.meta.to_dict()}
     return index

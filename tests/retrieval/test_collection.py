@@ -165,3 +165,17 @@ def test_random_kills_lose_nothing(tmp_path: Path) -> None:
             cat, idx = _ids(col)
             assert np.array_equal(cat, idx) and len(np.unique(idx)) == len(idx)
             assert len(cat) >= committed  # every committed batch survived (earlier runs may have added more)
+
+
+def test_a_reader_sees_unsaved_writes_without_touching_the_writers_files(tmp_path: Path) -> None:
+    with Collection.open(tmp_path / "c", model=tiny_model()) as writer:
+        writer.write(synthetic_images(10, prefix="saved"))
+        writer.save()
+        writer.write(synthetic_images(5, prefix="unsaved"))  # in the catalog, not yet in the saved index
+        files_before = {p: p.stat().st_mtime_ns for p in (tmp_path / "c" / "index").rglob("*") if p.is_file()}
+        with Collection.open(tmp_path / "c", writable=False) as reader:
+            cat, idx = _ids(reader)
+            assert len(idx) == 15 and np.array_equal(cat, idx)
+        files_after = {p: p.stat().st_mtime_ns for p in (tmp_path / "c" / "index").rglob("*") if p.is_file()}
+        assert files_after == files_before
+        writer.write(synthetic_images(2, prefix="later"))  # the writer still owns its files

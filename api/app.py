@@ -1,0 +1,142 @@
+"""The FastAPI application factory: ``create_app(settings)``; ``imsearch serve`` runs it with uvicorn.
+
+The lifespan opens the collection once (writable: this process is the one writer of its
+data directory), the job runner and the thumbnail cache, hands them to routes through the
+lifespan state (see :mod:`api.deps`), and closes them on shutdown (stopping a running job,
+saving the index). Nothing heavy is created at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+
+from api.auth import API_KEY_HEADER
+from api.deps import Services
+from api.errors import install_error_handlers
+from api.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware
+from api.openapi import install_openapi
+from api.ratelimit import RateLimiter
+from api.routers import collection, images, jobs, search, web
+from api.settings import Settings
+from api.views import API_PREFIX
+from retrieval import __version__
+
+if TYPE_CHECKING:
+    from retrieval.search import SearchEngine
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """Query-by-example image search over an indexed photo collection.
+
+Search with an uploaded photo or an indexed image (optionally a box on it), filter by
+detected labels, add and delete images, and run bulk index jobs. Errors are RFC 9457
+problem documents (`application/problem+json`). Writes need an API key in the
+`X-API-Key` header. Ids are 64-bit integers, given as decimal strings in responses.
+"""
+
+
+def open_services(settings: Settings) -> Services:
+    """Open the collection and everything built on it (blocking: run in a thread)."""
+    from api.compute import ModelRunner, limit_malloc_arenas
+    from api.ingest import Ingestor
+    from api.jobs import JobRunner
+    from api.thumbnails import ThumbnailCache
+    from retrieval.search import SearchEngine
+
+    limit_malloc_arenas(settings.malloc_arena_max)
+    engine = SearchEngine.open(
+        settings.data_dir, db_url=settings.db, writable=not settings.read_only, device=settings.device
+    )
+    model = ModelRunner()
+    try:
+        runner = JobRunner(engine, settings)
+        if not settings.read_only:
+            runner.recover()
+        thumbnails = ThumbnailCache(
+            settings.thumbnails_dir, quality=settings.thumbnail_quality, max_pixels=settings.max_pixels
+        )
+        services = Services(
+            engine=engine,
+            model=model,
+            ingest=Ingestor(engine, settings, model),
+            jobs=runner,
+            thumbnails=thumbnails,
+        )
+        if settings.warmup:
+            model.run(warm_up, engine)
+    except BaseException:
+        model.close()
+        engine.close()
+        raise
+    logger.info(
+        "serving %s (%d images, %s)",
+        engine.collection.root,
+        len(engine.collection.indexes["image"]),
+        "read-only" if settings.read_only else "writable",
+    )
+    return services
+
+
+def warm_up(engine: SearchEngine) -> None:
+    """One extraction at start-up (lazy kernel set-up, thread pools), so the first query does not pay for it."""
+    t0 = time.perf_counter()
+    pixels = np.zeros((384, 512, 3), dtype=np.uint8)
+    pixels[:, :, 0] = (np.arange(512) // 2).astype(np.uint8)[None, :]
+    engine.extractor.extract_one(pixels)
+    logger.info("model warmed up in %.1f s", time.perf_counter() - t0)
+
+
+def close_services(services: Services) -> None:
+    try:
+        services.jobs.shutdown()
+        services.model.close()
+    finally:
+        services.engine.close()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The API and web page for the collection the settings name (environment ``IMSEARCH_*`` by default)."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        services = await run_in_threadpool(open_services, settings)
+        try:
+            yield {"services": services}
+        finally:
+            await run_in_threadpool(close_services, services)
+
+    app = FastAPI(title="imsearch", version=__version__, description=DESCRIPTION, lifespan=lifespan, redoc_url=None)
+    app.state.settings = settings
+    app.state.limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
+    install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes + 64 * 1024)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=[API_KEY_HEADER, "Content-Type"],
+            expose_headers=["Retry-After", "Location"],
+            max_age=600,
+        )
+    app.add_middleware(SecurityHeadersMiddleware)
+    app.include_router(collection.health_router, prefix=API_PREFIX)
+    app.include_router(collection.router, prefix=API_PREFIX)
+    app.include_router(search.router, prefix=API_PREFIX)
+    app.include_router(images.router, prefix=API_PREFIX)
+    app.include_router(jobs.router, prefix=API_PREFIX)
+    app.include_router(web.router)
+    app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
+    install_openapi(app)
+    return app

@@ -1,0 +1,120 @@
+"""Search by an uploaded image (multipart) or by an indexed image id (JSON)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Request, UploadFile
+
+from api.compute import ModelRunner
+from api.deps import EngineDep, ModelDep, ReadAccess, SettingsDep
+from api.errors import ApiError
+from api.ingest import check_image
+from api.openapi import READ_ERRORS, problems
+from api.schemas import SearchByIdRequest, SearchForm, SearchOptions, SearchResponse
+from api.settings import Settings
+from api.views import search_response
+from retrieval.errors import ImageDecodeError
+from retrieval.filters import SearchFilter
+from retrieval.rerank import RerankOptions
+from retrieval.search import Query, SearchEngine, SearchResult
+
+router = APIRouter(prefix="/search", tags=["search"], dependencies=ReadAccess)
+
+
+def read_upload(file: UploadFile, settings: Settings) -> bytes:
+    """The uploaded bytes, refusing more than ``max_upload_bytes``."""
+    data = file.file.read(settings.max_upload_bytes + 1)
+    if len(data) > settings.max_upload_bytes:
+        raise ApiError(
+            413,
+            f"the upload is over the limit of {settings.max_upload_bytes} bytes; send a smaller image",
+            kind="upload-too-large",
+            title="Upload too large",
+        )
+    return data
+
+
+def run_search(
+    engine: SearchEngine,
+    model: ModelRunner,
+    settings: Settings,
+    query: Query,
+    opts: SearchOptions,
+    *,
+    exclude_query: bool,
+) -> SearchResult:
+    """The search; on the model thread when the query needs the model (an image, or a box)."""
+    if opts.k > settings.max_k:
+        raise ApiError(
+            422, f"k={opts.k} is over this server's limit of {settings.max_k}", kind="k-too-large", title="k too large"
+        )
+    flt = SearchFilter(
+        labels_any=tuple(opts.filters.any),
+        labels_all=tuple(opts.filters.all),
+        labels_none=tuple(opts.filters.none),
+        min_score=opts.filters.min_score,
+        min_area=opts.filters.min_area,
+    )
+    rerank = RerankOptions(aqe_n=opts.rerank.aqe, dba_n=opts.rerank.dba, alpha=opts.rerank.alpha)
+    if query.image is not None or query.box is not None:
+        return model.run(
+            engine.search,
+            query,
+            k=opts.k,
+            threshold=opts.threshold,
+            flt=flt,
+            rerank=rerank,
+            objects=opts.objects,
+            exclude_query=exclude_query,
+        )
+    return engine.search(
+        query,
+        k=opts.k,
+        threshold=opts.threshold,
+        flt=flt,
+        rerank=rerank,
+        objects=opts.objects,
+        exclude_query=exclude_query,
+    )
+
+
+@router.post(
+    "/image",
+    summary="Search with an uploaded photo",
+    responses=problems(*READ_ERRORS, 413, 415),
+)
+def search_by_image(
+    *,
+    request: Request,
+    engine: EngineDep,
+    model: ModelDep,
+    settings: SettingsDep,
+    file: Annotated[UploadFile, File(description="the query photo (JPEG, PNG, WebP, GIF, BMP, TIFF)")],
+    form: Annotated[SearchForm, Form()],
+) -> SearchResponse:
+    """The most similar indexed images to the uploaded photo (or to a box on it).
+
+    Options are form fields: ``k``, ``threshold``, ``labels_any`` / ``labels_all`` /
+    ``labels_none`` (repeat the field for several labels), ``min_score``, ``min_area``,
+    ``box`` (``x0,y0,x1,y1``), ``objects``, ``aqe``, ``dba``, ``alpha``.
+    """
+    data = read_upload(file, settings)
+    name = file.filename or "the upload"
+    check_image(data, name, settings)
+    opts = form.to_options()
+    try:
+        result = run_search(engine, model, settings, Query(image=data, box=opts.box), opts, exclude_query=False)
+    except ImageDecodeError as exc:  # name the upload, not "query image"
+        raise ImageDecodeError(name, exc.reason) from None
+    return search_response(request, result, k=opts.k, image_id=None)
+
+
+@router.post("/id", summary="Search with an indexed image", responses=problems(*READ_ERRORS, 404))
+def search_by_id(
+    *, request: Request, engine: EngineDep, model: ModelDep, settings: SettingsDep, body: SearchByIdRequest
+) -> SearchResponse:
+    """The most similar images to an indexed one (or to a box on it), the same options as a JSON body."""
+    query = Query(image_id=body.image_id, box=body.box)
+    result = run_search(engine, model, settings, query, body, exclude_query=body.exclude_query)
+    return search_response(request, result, k=body.k, image_id=body.image_id)

@@ -1,0 +1,50 @@
+"""``imsearch serve``: its flags become the service settings; refusals happen before uvicorn starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from api.settings import Settings
+from indexer.cli import build_parser, main
+from indexer.commands.serve import _environment
+
+
+def test_flags_become_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("IMSEARCH_API_KEYS", "IMSEARCH_ALLOWED_ROOTS", "IMSEARCH_READ_ONLY", "IMSEARCH_DETECT"):
+        monkeypatch.delenv(name, raising=False)
+    args = build_parser().parse_args(
+        ["serve", "--data-dir", str(tmp_path / "d"), "--db", "sqlite:///x.db", "--read-only", "--detect",
+         "--allowed-root", str(tmp_path / "a"), "--allowed-root", str(tmp_path / "b"), "--device", "cpu"]
+    )
+    env = _environment(args)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings()
+    assert settings.data_dir == tmp_path / "d" and settings.db == "sqlite:///x.db" and settings.device == "cpu"
+    assert settings.read_only and settings.detect
+    assert settings.allowed_roots == [tmp_path / "a", tmp_path / "b"]
+
+
+def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMSEARCH_API_KEYS", "first-key-1, second-key-2")
+    monkeypatch.setenv("IMSEARCH_CORS_ORIGINS", '["http://a.example", "http://b.example"]')
+    monkeypatch.setenv("IMSEARCH_MAX_K", "50")
+    settings = Settings()
+    assert settings.key_values() == [b"first-key-1", b"second-key-2"] and "first-key-1" not in repr(settings)
+    assert settings.cors_origins == ["http://a.example", "http://b.example"] and settings.max_k == 50
+    monkeypatch.setenv("IMSEARCH_API_KEYS", "short")
+    with pytest.raises(ValueError, match="at least 8 characters"):
+        Settings()
+    monkeypatch.delenv("IMSEARCH_API_KEYS")
+    monkeypatch.setenv("IMSEARCH_ALLOWED_ROOTS", "relative/folder")
+    with pytest.raises(ValueError, match="absolute"):
+        Settings()
+
+
+def test_refusals(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    assert main(["serve", "--workers", "2", "--data-dir", str(tmp_path)]) == 1
+    assert "--read-only" in caplog.text
+    assert main(["serve", "--port", "70000", "--data-dir", str(tmp_path)]) == 1
+    assert "--port" in caplog.text
