@@ -6,23 +6,23 @@ fair (first come, first served) and keeps per-thread state (oneDNN kernels and s
 space, the allocator's per-thread arenas) to one thread instead of one per request
 thread. Searches that need no model (by id, without a box) never wait here.
 
-``limit_malloc_arenas`` and ``trim_memory`` are glibc knobs (no-ops elsewhere): fewer
-per-thread malloc arenas, and giving freed heap back to the OS after a bulk job.
+``limit_malloc_arenas`` tunes glibc (no-op elsewhere; see :mod:`retrieval.runtime`): a fixed
+mmap threshold and fewer per-thread malloc arenas; ``trim_memory`` gives freed heap back
+to the OS after a bulk job.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from retrieval.runtime import trim_memory, tune_malloc
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-_M_ARENA_MAX = -8
 
 
 class ModelRunner:
@@ -38,26 +38,9 @@ class ModelRunner:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _libc() -> Any:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    try:
-        libc = ctypes.CDLL(name)
-    except OSError:
-        return None
-    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
-
-
 def limit_malloc_arenas(count: int) -> None:
-    """At most ``count`` malloc arenas for threads created from now on (0: leave the default)."""
-    libc = _libc()
-    if count > 0 and libc is not None and libc.mallopt(_M_ARENA_MAX, count) != 1:
-        logger.info("mallopt(M_ARENA_MAX, %d) was refused", count)
+    """Tune the C allocator for a long-running server (see :mod:`retrieval.runtime`)."""
+    tune_malloc(arena_max=count)
 
 
-def trim_memory() -> None:
-    """Give freed heap memory back to the operating system."""
-    libc = _libc()
-    if libc is not None:
-        libc.malloc_trim(0)
+__all__ = ["ModelRunner", "limit_malloc_arenas", "trim_memory"]

@@ -29,6 +29,7 @@ from PIL import Image
 from retrieval.models.descriptor import DescriptorModel
 from retrieval.models.extract import Extractor, input_size
 from retrieval.models.pooling import l2n
+from retrieval.runtime import tune_malloc
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 CONFIGS = {
@@ -110,6 +111,7 @@ def pure_forward(ex: Extractor, paths: list[Path], batch: int) -> float:
 
 
 def rss_child(config: str, n: int, batch: int) -> None:
+    tune_malloc()  # as the imsearch command does
     model = build(config)
     ex = Extractor(model, batch_size=batch)
     t0 = time.perf_counter()

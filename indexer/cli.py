@@ -15,6 +15,7 @@ import sys
 from indexer.config import flags_given, resolve
 from retrieval import __version__
 from retrieval.errors import ImsearchError
+from retrieval.runtime import tune_malloc
 
 logger = logging.getLogger("imsearch")
 
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``imsearch`` console script."""
+    tune_malloc()  # flat memory while streaming images through the model (see retrieval.runtime)
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
