@@ -253,11 +253,8 @@ class Collection:
         with self._write_mutex:
             region_add: tuple[np.ndarray, np.ndarray] | None = None
             with self.db.session() as s:
-                previous = {
-                    it.path: rec.image_id
-                    for it in items
-                    if it.path is not None and (rec := catalog.get_file(s, path=it.path)) is not None
-                }
+                known = catalog.get_files_by_path(s, paths=[it.path for it in items if it.path is not None])
+                previous = {path: rec.image_id for path, rec in known.items()}
                 ids = catalog.upsert_images(
                     s,
                     images=[
