@@ -28,6 +28,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "duplicates",
     "eval",
     "reindex",
+    "train",
     "serve",
 )
 

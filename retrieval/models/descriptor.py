@@ -266,16 +266,7 @@ class DescriptorModel(nn.Module):
             "fingerprint": self.fingerprint,
             "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
         }
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                torch.save(payload, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        save_atomic(payload, path)
         logger.info("saved descriptor model to %s (%s)", path, self.meta.describe())
         return path
 
@@ -315,6 +306,22 @@ class DescriptorModel(nn.Module):
     def gem_p(self) -> float | None:
         """GeM's current exponent (None for other poolings)."""
         return float(self.pool.p.detach()[0]) if isinstance(self.pool, GeM) else None
+
+
+def save_atomic(payload: Any, path: Path) -> Path:
+    """``torch.save`` into a temporary file beside ``path``, fsync, rename: a crash leaves the old file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def descriptors_to_numpy(x: Tensor) -> np.ndarray:
