@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -26,13 +25,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from bench.memory import vm_hwm_mib
 from retrieval.models.descriptor import DescriptorModel
 from retrieval.models.extract import Extractor, input_size
 from retrieval.models.pooling import l2n
 from retrieval.runtime import tune_malloc
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-CONFIGS = {
+CONFIGS: dict[str, dict[str, str | int]] = {
     "lite0": {"backbone": "efficientnet_lite0", "weights": "default", "max_side": 512},
     "vgg16": {"backbone": "vgg16", "weights": "random", "max_side": 1024},
 }
@@ -101,9 +101,7 @@ def pure_forward(ex: Extractor, paths: list[Path], batch: int) -> float:
                 x = ex.model.normalize(b.to(ex.device))
                 if ex.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                with ex.autocast():
-                    feats = ex.backbone(x)
-                ex.model.head(feats.float())
+                ex.model.head(ex.run_backbone(x))
         return time.perf_counter() - t0
 
     one_pass()  # warm-up: every input shape seen once (oneDNN builds its kernels per shape)
@@ -116,7 +114,7 @@ def rss_child(config: str, n: int, batch: int) -> None:
     ex = Extractor(model, batch_size=batch)
     t0 = time.perf_counter()
     count = sum(1 for r in ex.iter_extract_paths(photos(n)) if r.ok)
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mib = vm_hwm_mib()  # not ru_maxrss: that one keeps the parent's peak across fork + exec
     print(json.dumps({"n": count, "peak_rss_mib": peak_mib, "images_per_s": count / (time.perf_counter() - t0)}))
 
 

@@ -12,16 +12,15 @@ command's peak resident memory, which must not grow with the number of photos.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from bench.extract import photos, pure_forward
+from bench.memory import run_with_peak
 from retrieval.models.descriptor import DescriptorModel
 from retrieval.models.extract import Extractor
 
@@ -32,15 +31,12 @@ def run_index(folder: Path, data: Path, extra: list[str]) -> tuple[float, float,
     """(wall seconds, peak RSS MiB, summary line) of one `imsearch index` run."""
     cmd = [sys.executable, "-m", "indexer", "index", str(folder), "--data-dir", str(data), "--no-progress", *extra]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
+    code, out, err, peak = run_with_peak(cmd, cwd=REPO)  # the command's own peak (VmHWM), not the parent's
     wall = time.perf_counter() - t0
-    out = proc.stdout.read() if proc.stdout else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        err = proc.stderr.read() if proc.stderr else ""
+    if code != 0:
         raise SystemExit(f"imsearch index failed:\n{out}\n{err}")
     line = next((x for x in out.splitlines() if x.startswith("found")), out)
-    return wall, usage.ru_maxrss / 1024, line
+    return wall, peak, line
 
 
 def main() -> None:

@@ -93,7 +93,7 @@ def main() -> None:
         n_photos = len(list(photos.iterdir()))
         print(f"{len(pairs)} pasted objects, {n_photos} database photos")
         model = DescriptorModel.create()
-        rates = {}
+        rates: dict[str, float] = {}
         for name, det, seg in (("plain", False, False), ("--detect", True, False), ("--detect --segment", True, True)):
             col, rate = index(photos, work / f"data-{len(rates)}", model, detect=det, segment=seg)
             rates[name] = rate

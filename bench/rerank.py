@@ -24,8 +24,9 @@ import argparse
 import io
 import time
 from collections import defaultdict
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -69,7 +70,7 @@ def edit(img: Image.Image, kind: str, rng: np.random.Generator) -> Image.Image:
     raise ValueError(kind)
 
 
-def per_scale(model: DescriptorModel, sources: list[object], batch: int) -> np.ndarray:
+def per_scale(model: DescriptorModel, sources: Sequence[Any], batch: int) -> np.ndarray:
     """(n, n_scales, dim): each image's descriptor at each scale (before the multi-scale sum)."""
     out = np.zeros((len(sources), len(model.meta.scales), model.meta.dim), dtype=np.float32)
     ex = Extractor(model, batch_size=batch)
@@ -80,7 +81,7 @@ def per_scale(model: DescriptorModel, sources: list[object], batch: int) -> np.n
             out[int(key), s] = descs[i].numpy()  # type: ignore[call-overload]
 
     ex.feature_hook = hook
-    for res in ex.iter_extract(ExtractItem(i, s) for i, s in enumerate(sources)):  # type: ignore[arg-type]
+    for res in ex.iter_extract(ExtractItem(i, s) for i, s in enumerate(sources)):
         if not res.ok:
             raise SystemExit(f"cannot read {sources[int(res.key)]}: {res.error}")  # type: ignore[call-overload]
     return out

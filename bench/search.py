@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -30,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from bench.memory import vm_hwm_mib
 
 MODES = {"flat": "flat", "ivf": "ivf", "ivfpq": "ivfpq", "hnsw": "hnsw"}
 TARGETS = (
@@ -263,7 +264,7 @@ def _recall(found: np.ndarray, gt: np.ndarray) -> float:
 
 
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return vm_hwm_mib()  # this process's own peak (ru_maxrss would include the parent's, kept across exec)
 
 
 def _anon_rss_mb() -> float:

@@ -15,6 +15,7 @@ tolerance of float32. On CUDA the same code runs with bf16 autocast.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import os
@@ -164,6 +165,14 @@ class Extractor:
             backbone = fuse_conv_bn(backbone, example)
         if channels_last:
             backbone = backbone.to(memory_format=torch.channels_last)
+        # bf16 on CPU: weights stored in bf16 rather than autocast, which re-casts around every
+        # layer (measured ~30% slower on VGG16); feature maps come back as float32 either way
+        self.backbone_dtype = torch.float32
+        if self.device.type == "cpu" and self.dtype == torch.bfloat16:
+            if backbone is model.backbone:
+                backbone = copy.deepcopy(backbone)
+            backbone = backbone.to(torch.bfloat16)
+            self.backbone_dtype = torch.bfloat16
         self.backbone = backbone
         self.batch_size = batch_size
         # decoded inputs waiting in size buckets: more fills batches better, costs memory
@@ -344,9 +353,7 @@ class Extractor:
             x = self.model.normalize(batch)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with self.autocast():
-                feats = self.backbone(x)
-            feats = feats.float()
+            feats = self.run_backbone(x)
             if self.feature_hook is not None:
                 self.feature_hook(feats, keys, [j.scale_index for j in jobs])
             descs = self.model.head(feats)
@@ -357,6 +364,13 @@ class Extractor:
         self.stats["batches"] += 1
         self.stats["images"] += len(jobs)
         return descs, regions
+
+    def run_backbone(self, x: torch.Tensor) -> torch.Tensor:
+        """Float32 feature maps of a normalized batch, in the extractor's precision."""
+        if self.backbone_dtype != torch.float32:
+            return self.backbone(x.to(self.backbone_dtype)).float()
+        with self.autocast():
+            return self.backbone(x).float()
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.dtype == torch.float32:

@@ -23,6 +23,8 @@ database at once apply it exactly once.
 from __future__ import annotations
 
 import logging
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -98,7 +100,7 @@ def _sqlite_engine(url: URL, busy_timeout_s: float) -> Engine:
             cursor.execute(f"PRAGMA busy_timeout = {busy_ms}")
             cursor.execute("PRAGMA foreign_keys = ON")
             if not memory:
-                mode = cursor.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                mode = _set_wal(cursor, busy_timeout_s)
                 if str(mode).lower() != "wal":
                     logger.warning("SQLite catalog %s refused WAL journal mode (got %s)", url.database, mode)
             cursor.execute("PRAGMA synchronous = NORMAL")
@@ -111,6 +113,24 @@ def _sqlite_engine(url: URL, busy_timeout_s: float) -> Engine:
         conn.exec_driver_sql(f"BEGIN {mode}")
 
     return engine
+
+
+def _set_wal(cursor: Any, busy_timeout_s: float) -> str:
+    """``PRAGMA journal_mode = WAL``, retried while another connection holds the lock.
+
+    Switching a new database to WAL needs an exclusive lock, and SQLite may answer "database is
+    locked" at once (without its busy handler) while another process does the same.
+    """
+    deadline = time.monotonic() + max(busy_timeout_s, 0.0)
+    delay = 0.01
+    while True:
+        try:
+            return str(cursor.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
 
 
 def _check_connection(engine: Engine, display: str) -> None:
