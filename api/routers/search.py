@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
@@ -57,26 +58,13 @@ def run_search(
         min_area=opts.filters.min_area,
     )
     rerank = RerankOptions(aqe_n=opts.rerank.aqe, dba_n=opts.rerank.dba, alpha=opts.rerank.alpha)
-    if query.image is not None or query.box is not None:
-        return model.run(
-            engine.search,
-            query,
-            k=opts.k,
-            threshold=opts.threshold,
-            flt=flt,
-            rerank=rerank,
-            objects=opts.objects,
-            exclude_query=exclude_query,
-        )
-    return engine.search(
-        query,
-        k=opts.k,
-        threshold=opts.threshold,
-        flt=flt,
-        rerank=rerank,
-        objects=opts.objects,
+    search = functools.partial(
+        engine.search, query, k=opts.k, threshold=opts.threshold, flt=flt, rerank=rerank, objects=opts.objects,
         exclude_query=exclude_query,
     )
+    if query.image is not None or query.box is not None:
+        return model.run(search)
+    return search()
 
 
 @router.post(
