@@ -173,22 +173,14 @@ class Ingestor:
         return res
 
     def _annotate(self, decoded: DecodedImage) -> tuple[list[Any], Any]:
-        from retrieval.vision import Detection, create_detector, create_segmenter
+        from retrieval.vision import annotate, create_detector, create_segmenter
 
         with self._lock:
             if self.settings.detect and self._detector is None:
                 self._detector = create_detector(self.settings.detector, model_dir=self.settings.model_dir)
             if self.settings.segment and self._segmenter is None:
                 self._segmenter = create_segmenter(self.settings.segmenter, model_dir=self.settings.model_dir)
-        sx = decoded.original_size[0] / decoded.size[0]
-        sy = decoded.original_size[1] / decoded.size[1]
-        detections = []
-        if self._detector is not None:
-            for d in self._detector.detect([decoded.pixels])[0]:
-                x0, y0, x1, y1 = d.box
-                detections.append(Detection((x0 * sx, y0 * sy, x1 * sx, y1 * sy), d.label, d.score))
-        segmentation = self._segmenter.segment([decoded.pixels])[0] if self._segmenter is not None else None
-        return detections, segmentation
+        return annotate(decoded, self._detector, self._segmenter)
 
     @staticmethod
     def _indexed(described: Described, *, sha: str, size: int, **where: Any) -> IndexedImage:

@@ -301,16 +301,9 @@ class Indexer:
     # ------------------------------------------------------------------ mapper helpers
     def _annotate(self, decoded: DecodedImage) -> tuple[Sequence[Box], Any]:
         """Runs in decode workers: detection / segmentation on the decoded pixels."""
-        sx = decoded.original_size[0] / decoded.size[0]
-        sy = decoded.original_size[1] / decoded.size[1]
-        detections = []
-        if self.detector is not None:
-            from retrieval.vision import Detection
+        from retrieval.vision import annotate
 
-            for d in self.detector.detect([decoded.pixels])[0]:
-                x0, y0, x1, y1 = d.box
-                detections.append(Detection((x0 * sx, y0 * sy, x1 * sx, y1 * sy), d.label, d.score))
-        segmentation = self.segmenter.segment([decoded.pixels])[0] if self.segmenter is not None else None
+        detections, segmentation = annotate(decoded, self.detector, self.segmenter)
         keep = [d for d in detections if d.score >= self.options.region_min_score]
         return [d.box for d in keep], {"detections": detections, "regions": keep, "segmentation": segmentation}
 
