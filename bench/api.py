@@ -123,7 +123,7 @@ def summary(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def rss_parts(pid: int) -> tuple[int, int]:
-    """(resident, of which anonymous) bytes; the rest is file pages (memory-mapped vectors, libraries)."""
+    """(resident, of which anonymous) bytes; the rest is file pages (libraries, memory-mapped files)."""
     fields = {}
     with open(f"/proc/{pid}/status") as fh:
         for line in fh:
@@ -234,7 +234,7 @@ def report(stats: dict[str, Any], ref: dict[str, float], quiet: dict[str, Any], 
           f"{busy['by_upload']['p50_ms'] / ref['upload_ms']:.2f}x (during the job)")
     (peak, peak_anon), (end, end_anon) = rss
     print(f"server RSS: peak {peak / 2**20:.0f} MiB (anonymous {peak_anon / 2**20:.0f} MiB; the rest file pages: "
-          f"libraries, memory-mapped vectors), at the end {end / 2**20:.0f} MiB (anonymous {end_anon / 2**20:.0f})")
+          f"libraries, memory-mapped files), at the end {end / 2**20:.0f} MiB (anonymous {end_anon / 2**20:.0f})")
     print(f"index job: {job['status']}, total {job['total']} = done {job['done']} + skipped {job['skipped']} "
           f"+ failed {job['failed']}; {job['message']}")
     errors = sum(len(r["errors"]) for runs in (quiet, busy) for r in runs.values())

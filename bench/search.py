@@ -1,6 +1,6 @@
 """Vector index benchmark: build time, RAM, latency, throughput and recall@10 per index kind.
 
-    python -m bench.search --sizes 100000 1000000 [--real FILE.npy] [--modes flat ivf ivfpq hnsw]
+    python -m bench.search --sizes 100000 1000000 [--real FILE.npy] [--modes flat ivf ivfsq ivfpq hnsw]
 
 Data: ``faiss.contrib.datasets.SyntheticDataset`` at d=512 (low intrinsic dimension, so real
 near neighbours exist), L2-normalised, with hash-like 63-bit ids; ``--real`` adds a run on real
@@ -32,7 +32,7 @@ import numpy as np
 
 from bench.memory import vm_hwm_mib
 
-MODES = {"flat": "flat", "ivf": "ivf", "ivfpq": "ivfpq", "hnsw": "hnsw"}
+MODES = {"flat": "flat", "ivf": "ivf", "ivfsq": "ivfsq", "ivfpq": "ivfpq", "hnsw": "hnsw"}
 TARGETS = (
     "targets at 1M: ANN recall@10 >= 0.95 & p50 <= 5 ms; filtered recall >= 0.95 & p50 <= 20 ms; "
     "ivfpq <= 100 B/vec & recall >= 0.90"

@@ -49,7 +49,7 @@ def register(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="images per model batch (default: %(default)s)")
     p.add_argument("--workers", type=int, default=None, help="decode threads (default: min(4, CPUs))")
     p.add_argument("--commit-every", type=int, default=64, help="images per catalog transaction (default: %(default)s)")
-    p.add_argument("--index-kind", default="auto", help="auto, flat, hnsw, ivf, ivfpq or a FAISS factory string")
+    p.add_argument("--index-kind", default="auto", help="auto, flat, hnsw, ivf, ivfsq, ivfpq or a FAISS factory string")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_model_options(p)
     add_common(p)

@@ -13,7 +13,8 @@ structure serves which kind and size is documented in ``vector_index_faiss``; th
 layout and crash-safe save in ``vector_index_io``; the search algorithm in ``vector_index_search``.
 
 Memory: a new index keeps its full vectors in RAM until its first ``save``; after ``save`` or
-``load(mmap=True)`` they are memory-mapped from the directory (on disk, paged in on demand).
+``load(mmap=True)`` they stay on disk in the directory and are read on demand (``pread``:
+the page cache keeps hot ones, outside the process's resident memory).
 
 Thread safety: ``search``, ``ids``, ``contains``, ``reconstruct`` and ``memory_usage`` may run
 concurrently from many threads; ``add``, ``remove`` and ``save`` take an exclusive lock (they
@@ -50,10 +51,10 @@ COMPACT_FRACTION = 0.2  # save() compacts when more than this fraction of rows a
 class VectorIndex:
     """FAISS vector index over catalog ids; see the module docstring for the contract.
 
-    ``kind``: ``"auto"`` (exact below 50k vectors, then IVF retrained at x4 growth), ``"flat"``,
-    ``"hnsw"``, ``"ivf"``, ``"ivfpq"`` (compressed, <= 100 B/vector, exact re-ranking) or any
-    FAISS factory string. ``gpu``: None = use the GPUs FAISS sees (flat/IVF kinds, unfiltered
-    searches); True = require one; False = CPU only.
+    ``kind``: ``"auto"`` (exact below 50k vectors, then IVF-SQ8 retrained at x4 growth), ``"flat"``,
+    ``"hnsw"``, ``"ivf"``, ``"ivfsq"`` (8-bit codes, exact re-ranking), ``"ivfpq"`` (compressed,
+    <= 100 B/vector, exact re-ranking) or any FAISS factory string. ``gpu``: None = use the GPUs
+    FAISS sees (flat/IVF kinds, unfiltered searches); True = require one; False = CPU only.
     """
 
     def __init__(self, dim: int, *, kind: str = "auto", gpu: bool | None = None) -> None:
@@ -256,7 +257,7 @@ class VectorIndex:
 
     @classmethod
     def load(cls, directory: str | Path, *, mmap: bool = True, gpu: bool | None = None) -> VectorIndex:
-        """Open a saved index. ``mmap=True``: full vectors stay on disk (memory-mapped);
+        """Open a saved index. ``mmap=True``: full vectors stay on disk (read on demand);
         ``mmap=False``: they are read into RAM. A corrupt or inconsistent directory raises
         :class:`VectorIndexError`."""
         path = Path(directory)

@@ -29,6 +29,7 @@ from retrieval.store.vector_index_store import RowStore
 
 _faiss: Any = faiss  # the stubs miss IDSelectorBitmap(ndarray)
 EXACT_CHUNK = 32_768  # rows per brute-force block
+RERANK_CHUNK = 8_192  # candidate vectors read at once when re-ranking (bounds the transient memory)
 
 
 @dataclass(frozen=True)
@@ -118,10 +119,13 @@ def rerank(store: RowStore, queries: np.ndarray, cand: np.ndarray, k: int) -> tu
     """Exact inner products of the candidate rows (from the stored full vectors); keep the best k."""
     valid = cand >= 0
     scores = np.full(cand.shape, -np.inf, dtype=np.float32)
-    if valid.any():
-        qi = np.nonzero(valid)[0]
-        vecs = store.vectors(cand[valid])
-        scores[valid] = np.einsum("md,md->m", vecs, queries[qi])
+    step = max(1, RERANK_CHUNK // max(1, cand.shape[1]))  # queries per block
+    for s in range(0, cand.shape[0], step):
+        ok = valid[s : s + step]
+        if ok.any():
+            qi = np.nonzero(ok)[0] + s
+            vecs = store.vectors(cand[s : s + step][ok])
+            scores[s : s + step][ok] = np.einsum("md,md->m", vecs, queries[qi])
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     best = np.take_along_axis(scores, order, axis=1)
     labels = np.take_along_axis(cand, order, axis=1)

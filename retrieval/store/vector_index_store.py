@@ -6,9 +6,14 @@ bitmap); this store translates between rows and the catalog's 64-bit ids.
 
 RAM held per live vector: ``row_ids`` (int64 per row, -1 for holes), ``keys`` (sorted live
 ids, int64) and ``key_rows`` (their rows, int32): 20 bytes. The vectors themselves are either
-a NumPy array (new index, or ``load(mmap=False)``) or a read-only ``np.memmap`` of the file in
-the index directory (after ``save`` / ``load(mmap=True)``), in which case appends are written
-to the file beyond the committed row count, which keeps the saved version intact.
+a NumPy array (new index, or ``load(mmap=False)``) or the file in the index directory (after
+``save`` / ``load(mmap=True)``), in which case appends are written to the file beyond the
+committed row count, which keeps the saved version intact.
+
+File-backed rows are read with ``pread`` (consecutive rows in one call), not through a memory
+map: re-ranking and look-ups then leave the file's pages in the kernel's page cache, shared and
+reclaimable, instead of in the server's resident set (a memory map of a 100k x 1280-d store
+added ~500 MB of RSS once searches had touched it).
 """
 
 from __future__ import annotations
@@ -30,13 +35,14 @@ class RowStore:
 
     def __init__(self, dim: int) -> None:
         self.dim = dim
-        self._vecs: np.ndarray = np.empty((0, dim), dtype=np.float32)  # RAM buffer or memmap
+        self._vecs: np.ndarray = np.empty((0, dim), dtype=np.float32)  # RAM buffer (unused when file-backed)
         self._n_rows = 0
         self._row_ids = np.empty(0, dtype=np.int64)  # capacity-grown, valid up to _n_rows
         self.keys = np.empty(0, dtype=np.int64)  # sorted live ids
         self.key_rows = np.empty(0, dtype=ROW_DTYPE)  # row of keys[i]
-        self.path: Path | None = None  # backing file when memory-mapped
+        self.path: Path | None = None  # backing file when file-backed
         self._fd: int | None = None  # write handle on `path`, opened on first append
+        self._read_fd: int | None = None  # read handle on `path`
         self.version = 0  # bumped on every mutation (cache key)
 
     # ------------------------------------------------------------------ sizes and lookups
@@ -83,11 +89,42 @@ class RowStore:
         """float32 copies of the given rows (any order, repeats allowed)."""
         if rows.size == 0:
             return np.empty((0, self.dim), dtype=np.float32)
-        uniq, inverse = np.unique(rows, return_inverse=True)  # sorted access is kinder to a memmap
-        block = np.asarray(self._vecs[uniq], dtype=np.float32)
+        uniq, inverse = np.unique(rows, return_inverse=True)  # sorted: runs of rows are read together
+        if uniq[0] < 0 or uniq[-1] >= self._n_rows:
+            raise VectorIndexError(f"internal error: rows {uniq[0]}..{uniq[-1]} outside the store's {self._n_rows}")
+        block = self._read_rows(uniq) if self.mapped else self._vecs[uniq]
+        if uniq.shape[0] == rows.size and bool((uniq == rows.reshape(-1)).all()):
+            return np.ascontiguousarray(block)
         return np.ascontiguousarray(block[inverse.reshape(-1)])
 
-    def iter_live(self, chunk: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def _read_rows(self, uniq: np.ndarray) -> np.ndarray:
+        """Sorted unique rows from the backing file, one ``pread`` per run of consecutive rows."""
+        out = np.empty((uniq.shape[0], self.dim), dtype=np.float32)
+        row_bytes = self.dim * 4
+        cuts = np.flatnonzero(np.diff(uniq) != 1) + 1
+        starts = np.concatenate(([0], cuts)).tolist()
+        ends = np.concatenate((cuts, [uniq.shape[0]])).tolist()
+        flat = memoryview(out.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
+        fd = self._read_fd
+        if fd is None:
+            raise VectorIndexError("internal error: the vector store's file is closed")
+        try:
+            for a, b in zip(starts, ends, strict=True):
+                offset = int(uniq[a]) * row_bytes
+                view = flat[a * row_bytes : b * row_bytes]
+                done = 0
+                while done < len(view):
+                    got = os.preadv(fd, [view[done:]], offset + done)
+                    if got <= 0:
+                        raise OSError(f"short read at byte {offset + done}")
+                    done += got
+        except OSError as exc:
+            raise VectorIndexError(
+                f"cannot read vectors from {self.path}: {exc}; the index directory is damaged, rebuild it"
+            ) from exc
+        return out
+
+    def iter_live(self, chunk: int = 16384) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield (rows, vectors) of the live rows in row order, ``chunk`` rows at a time."""
         rows = np.flatnonzero(self.live_mask())
         for start in range(0, rows.shape[0], chunk):
@@ -157,7 +194,6 @@ class RowStore:
             raise VectorIndexError(
                 f"cannot append vectors to {self.path}: {exc}; check the disk and the directory permissions"
             ) from exc
-        self._vecs = _map(self.path, start + vecs.shape[0], self.dim)
 
     # ------------------------------------------------------------------ persistence
     def compaction_map(self) -> np.ndarray:
@@ -181,9 +217,11 @@ class RowStore:
             os.fsync(self._fd)
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        for name in ("_fd", "_read_fd"):
+            fd = getattr(self, name)
+            if fd is not None:
+                os.close(fd)
+                setattr(self, name, None)
 
     @classmethod
     def open(cls, dim: int, vectors: Path, row_ids: np.ndarray, *, mmap: bool) -> RowStore:
@@ -211,7 +249,7 @@ class RowStore:
         store._n_rows = n_rows
         if mmap:
             store.path = vectors
-            store._vecs = _map(vectors, n_rows, dim)
+            store._read_fd = _open_for_reading(vectors)
         else:
             store._vecs = np.fromfile(vectors, dtype=np.float32, count=n_rows * dim).reshape(n_rows, dim)
         return store
@@ -225,8 +263,9 @@ class RowStore:
         order = np.argsort(row_ids, kind="stable")
         self.keys = np.ascontiguousarray(row_ids[order])
         self.key_rows = order.astype(ROW_DTYPE)
+        self._read_fd = _open_for_reading(path)
         self.path = path
-        self._vecs = _map(path, n, self.dim)
+        self._vecs = np.empty((0, self.dim), dtype=np.float32)
         self.version += 1
 
     def compact_in_ram(self) -> None:
@@ -242,10 +281,12 @@ class RowStore:
         self.version += 1
 
 
-def _map(path: Path, n_rows: int, dim: int) -> np.ndarray:
-    if n_rows == 0:
-        return np.empty((0, dim), dtype=np.float32)
-    return np.memmap(path, dtype=np.float32, mode="r", shape=(n_rows, dim))
+def _open_for_reading(path: Path) -> int:
+    """A read-only descriptor (``pread`` is safe from many threads: it does not move an offset)."""
+    try:
+        return os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise VectorIndexError(f"vectors file {path} is unreadable: {exc}") from exc
 
 
 def _grow(arr: np.ndarray, need: int) -> np.ndarray:

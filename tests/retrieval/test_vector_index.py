@@ -21,7 +21,7 @@ from retrieval.store.vector_index import SearchParams, VectorIndex
 
 DIM = 64
 N = 12_000  # >= the ivfpq training minimum, so every kind builds its ANN structure
-ANN_KINDS = ["hnsw", "ivf", "ivfpq", "PCA32,IVF64,SQ8"]  # + a factory string with a pre-transform
+ANN_KINDS = ["hnsw", "ivf", "ivfsq", "ivfpq", "PCA32,IVF64,SQ8"]  # + a factory string with a pre-transform
 KINDS = ["flat", *ANN_KINDS]
 FORCE_FAISS = SearchParams(exact_below=0)
 Data = tuple[np.ndarray, np.ndarray, np.ndarray]  # ids, database vectors, queries
@@ -234,6 +234,30 @@ def test_save_load_round_trip(data: Data, saved: Saved, kind: str, mmap: bool, t
     assert meta["dim"] == DIM and meta["count"] == N and meta["format_version"] == 1
 
 
+def test_on_disk_vectors_are_read_not_mapped(data: Data, tmp_path: Path) -> None:
+    """After a save the full vectors are read with pread: any rows (runs, repeats, any order,
+    rows appended since the save) come back exact, and the file is never mapped into the process
+    (its pages stay in the page cache, out of the server's resident memory)."""
+    ids, xb, xq = data
+    index = VectorIndex(DIM, kind="ivfsq")
+    index.add(ids[:8000], xb[:8000])
+    index.save(tmp_path / "ix")
+    index.add(ids[8000:], xb[8000:])  # appended to the file beyond the committed rows
+    rng = np.random.default_rng(0)
+    pick = np.concatenate([rng.integers(0, N, 300), np.arange(7990, 8010), [5, 5, 0, N - 1]])
+    np.testing.assert_array_equal(index.reconstruct(ids[pick]), xb[pick])
+    np.testing.assert_array_equal(index.reconstruct(ids), xb)  # one long run
+    scores, found = index.search(xq, 10)  # re-ranked from the file
+    rows = {int(i): r for r, i in enumerate(ids)}
+    np.testing.assert_allclose(scores, np.einsum("qkd,qd->qk", xb[[[rows[int(i)] for i in q] for q in found]], xq),
+                               atol=1e-5)
+    maps = Path("/proc/self/maps")
+    if maps.exists():
+        vec_file = json.loads((tmp_path / "ix" / "meta.json").read_text())["files"]["vectors"]
+        assert vec_file not in maps.read_text()
+    index.close()
+
+
 def test_incremental_save_and_compaction(data: Data, tmp_path: Path) -> None:
     ids, xb, xq = data
     d = tmp_path / "ix"
@@ -410,7 +434,7 @@ def test_load_rejects_corrupt_directories(data: Data, tmp_path: Path, how: str, 
 
 
 # ---------------------------------------------------------------------- kinds and policy
-def test_auto_switches_from_exact_to_ivf_at_50k() -> None:
+def test_auto_switches_from_exact_to_ivfsq_at_50k() -> None:
     ds = SyntheticDataset(16, 0, 60_000, 40, seed=3)
     xb, xq = normalized(ds.get_database()), normalized(ds.get_queries())
     ids = np.arange(60_000, dtype=np.int64) * 7 + 11
@@ -418,9 +442,13 @@ def test_auto_switches_from_exact_to_ivf_at_50k() -> None:
     index.add(ids[:49_999], xb[:49_999])
     assert index.factory == vf.FLAT and index.trained_size == 0
     index.add(ids[49_999:], xb[49_999:])  # crosses 50k: trained from the stored vectors
-    assert index.factory == "IVF979,Flat" and index.trained_size == 60_000
-    _, found = index.search(xq, 10)
+    assert index.factory == "IVF979,SQ8" and index.trained_size == 60_000
+    assert index.memory_usage()["faiss"] < 60_000 * (16 + 8) * 1.2  # 1-byte codes + list ids
+    scores, found = index.search(xq, 10)
     assert recall(found, brute(xb, ids, xq, 10)[1]) >= 0.9
+    rows = {int(i): r for r, i in enumerate(ids)}
+    exact = np.einsum("qkd,qd->qk", xb[[[rows[int(i)] for i in q] for q in found]], xq)
+    np.testing.assert_allclose(scores, exact, atol=1e-5)  # re-ranked: exact scores, not 8-bit ones
 
 
 def test_ivf_retrains_when_grown_4x() -> None:
@@ -471,7 +499,7 @@ def test_ivfpq_bytes_per_vector(data: Data, saved: Saved) -> None:
 
 
 def test_unknown_kinds_and_gpu() -> None:
-    with pytest.raises(UnknownNameError, match=r"valid index kinds: .*auto, flat, hnsw, ivf, ivfpq"):
+    with pytest.raises(UnknownNameError, match=r"valid index kinds: .*auto, flat, hnsw, ivf, ivfpq, ivfsq"):
         VectorIndex(8, kind="hsnw")
     with pytest.raises(VectorIndexError, match="invalid FAISS factory string"):
         VectorIndex(8, kind="IVF10,PQ3")  # 3 does not divide 8
