@@ -53,7 +53,7 @@ def open_services(settings: Settings) -> Services:
     from api.thumbnails import ThumbnailCache
     from retrieval.search import SearchEngine
 
-    limit_malloc_arenas(settings.malloc_arena_max)
+    limit_malloc_arenas(settings.malloc_arena_max, settings.malloc_mmap_threshold_mib)
     engine = SearchEngine.open(
         settings.data_dir, db_url=settings.db, writable=not settings.read_only, device=settings.device
     )

@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     job_workers: int = Field(default=1, ge=1, description="decode threads of an index job")
     job_nice: int = Field(default=10, ge=0, le=19, description="CPU niceness of index jobs, so searches stay fast")
     malloc_arena_max: int = Field(default=2, ge=0, description="glibc malloc arenas (0: the default, 8 per core)")
+    malloc_mmap_threshold_mib: int = Field(
+        default=1, ge=1, le=32,
+        description="glibc: blocks of at least this many MiB get their own mapping (1: flat memory under index "
+        "jobs; 8: ~10% faster searches by upload, ~250 MiB more during a job)",
+    )
     warmup: bool = Field(default=True, description="run the model once at start-up, so no query pays for it")
     thumbnail_quality: int = Field(default=85, ge=30, le=100, description="JPEG quality of cached thumbnails")
 
