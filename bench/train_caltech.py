@@ -129,7 +129,7 @@ def main() -> None:
     ap.add_argument("--max-side", type=int, default=320, help="inference size of every model")
     ap.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.7071], help="inference scales")
     ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--whiten-power", type=float, default=0.5,
+    ap.add_argument("--whiten-power", type=float, default=0.0,
                     help="eigenvalue power of the initial PCA-whitening (0.5 = full whitening, 0 = PCA rotation)")
     ap.add_argument("--image-size", type=int, default=224, help="training crop size (and mining size)")
     ap.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",

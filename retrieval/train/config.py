@@ -56,7 +56,7 @@ class TrainConfig:
     scales: list[float] = field(default_factory=lambda: list(DEFAULT_SCALES))
     whiten: bool = True
     whiten_dim: int | None = None  # None: as many as the backbone's channels
-    whiten_power: float = 0.5
+    whiten_power: float = 0.0  # eigenvalue power of the initial projection: 0 = PCA rotation (measured best)
     whitening_images: int = 1000
     # loss
     loss: str = "triplet"  # triplet | contrastive
