@@ -47,17 +47,25 @@ problem documents (`application/problem+json`). Writes need an API key in the
 
 def open_services(settings: Settings) -> Services:
     """Open the collection and everything built on it (blocking: run in a thread)."""
-    from api.compute import ModelRunner, limit_malloc_arenas
+    from api.compute import ModelRunner, limit_malloc_arenas, thread_split
     from api.ingest import Ingestor
     from api.jobs import JobRunner
     from api.thumbnails import ThumbnailCache
     from retrieval.search import SearchEngine
 
     limit_malloc_arenas(settings.malloc_arena_max, settings.malloc_mmap_threshold_mib)
-    engine = SearchEngine.open(
-        settings.data_dir, db_url=settings.db, writable=not settings.read_only, device=settings.device
-    )
-    model = ModelRunner()
+    model = ModelRunner(thread_split(settings.job_threads)[0])
+    try:  # the model is built on its own thread too: no other thread may start an OpenMP team (see api.compute)
+        engine = model.run(
+            SearchEngine.open,
+            settings.data_dir,
+            db_url=settings.db,
+            writable=not settings.read_only,
+            device=settings.device,
+        )
+    except BaseException:
+        model.close()
+        raise
     try:
         runner = JobRunner(engine, settings)
         if not settings.read_only:

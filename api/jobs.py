@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from api.compute import trim_memory
+import torch
+
+from api.compute import job_threads, trim_memory
 from api.errors import ApiError
 from api.settings import Settings
 from indexer.pipeline import Indexer, IndexOptions, IndexSummary
@@ -182,6 +184,7 @@ class JobRunner:
 
     def _run(self, active: _Active, params: dict[str, Any]) -> None:
         lower_priority(self.settings.job_nice)
+        torch.set_num_threads(job_threads(self.settings.job_threads))  # this thread's OpenMP team only
         job_id = active.job_id
         stop_monitor = threading.Event()
         monitor: threading.Thread | None = None

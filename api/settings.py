@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     job_batch_size: int = Field(default=8, ge=1, description="images per model batch in index jobs")
     job_workers: int = Field(default=1, ge=1, description="decode threads of an index job")
     job_nice: int = Field(default=10, ge=0, le=19, description="CPU niceness of index jobs, so searches stay fast")
+    job_threads: int = Field(
+        default=0, ge=0, description="torch threads of index jobs (0: half the cores, at least 1); searches get "
+        "the rest plus one"
+    )
     malloc_arena_max: int = Field(default=2, ge=0, description="glibc malloc arenas (0: the default, 8 per core)")
     malloc_mmap_threshold_mib: int = Field(
         default=1, ge=1, le=32,

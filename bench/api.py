@@ -48,12 +48,17 @@ TARGETS = {"by_id_p50_ms": 20.0, "by_upload_p50_ms": 150.0, "rss_mib": 1536.0}
 # ---------------------------------------------------------------------------- the server and the load
 
 
-def start_server(data_dir: Path, jobs_root: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(data_dir: Path, jobs_root: Path, settings: list[str]) -> tuple[subprocess.Popen[bytes], str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMSEARCH_")}
     env.update(IMSEARCH_API_KEYS=KEY, IMSEARCH_ALLOWED_ROOTS=str(jobs_root), IMSEARCH_RATE_LIMIT_PER_MINUTE="0")
+    for item in settings:  # NAME=VALUE of an api.settings field
+        name, sep, value = item.partition("=")
+        if not sep:
+            sys.exit(f"--server-set wants NAME=VALUE, got {item!r}")
+        env["IMSEARCH_" + name.upper()] = value
     log = (data_dir / "serve.log").open("ab")
     cmd = [sys.executable, "-m", "indexer", "serve", "--port", str(port), "--data-dir", str(data_dir)]
     proc = subprocess.Popen([*cmd, "--log-level", "warning"], cwd=REPO, env=env, stdout=log, stderr=log)
@@ -259,6 +264,8 @@ def main() -> None:
     parser.add_argument("--slice-seconds", type=float, default=3.0, help="during the job: alternate kinds this often")
     parser.add_argument("--quiet-seconds", type=float, default=10.0, help="load duration of each kind before it")
     parser.add_argument("--clients", type=int, default=1, help="concurrent client connections")
+    parser.add_argument("--server-set", nargs="*", default=[], metavar="NAME=VALUE",
+                        help="server settings (api/settings.py), e.g. malloc_mmap_threshold_mib=8 job_threads=2")
     parser.add_argument("--index-kind", default="auto", help="kind of the image index: auto (default), ivfpq, hnsw...")
     args = parser.parse_args()
     out = Path(args.out)
@@ -270,7 +277,7 @@ def main() -> None:
     _, sample_ids, uploads = real_photos(data_dir)
     ref = reference(data_dir, sample_ids, uploads)
     folder = job_folder(out, args.job_photos)
-    proc, url = start_server(data_dir, out / "jobs")
+    proc, url = start_server(data_dir, out / "jobs", args.server_set)
     sampler = RssSampler(proc.pid)
     sampler.start()
     try:

@@ -48,3 +48,30 @@ def test_refusals(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     assert "--read-only" in caplog.text
     assert main(["serve", "--port", "70000", "--data-dir", str(tmp_path)]) == 1
     assert "--port" in caplog.text
+
+
+def test_thread_split_keeps_openmp_within_the_cpus() -> None:
+    """The model's team plus an index job's workers never exceed the CPUs (libgomp would stop
+    spinning and the model would run ~2x slower), and each keeps at least one thread."""
+    from api.compute import thread_split
+
+    assert thread_split(0, cpus=2) == (2, 1)  # this machine: searches keep both cores
+    assert thread_split(0, cpus=16) == (9, 8)
+    assert thread_split(3, cpus=4) == (2, 3)
+    for cpus in range(1, 65):
+        for setting in range(0, cpus + 1):
+            model, job = thread_split(setting, cpus=cpus)
+            assert model >= 1 and job >= 1
+            assert model + (job - 1) <= cpus  # a one-thread team starts no worker
+
+
+def test_model_runner_sets_its_own_thread_count() -> None:
+    import torch
+
+    from api.compute import ModelRunner
+
+    runner = ModelRunner(threads=1)
+    try:
+        assert runner.run(torch.get_num_threads) == 1
+    finally:
+        runner.close()
