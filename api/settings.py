@@ -75,7 +75,7 @@ class Settings(BaseSettings):
     malloc_mmap_threshold_mib: int = Field(
         default=1, ge=1, le=32,
         description="glibc: blocks of at least this many MiB get their own mapping (1: flat memory under index "
-        "jobs; 8: ~10% faster searches by upload, ~250 MiB more during a job)",
+        "jobs; 8: fewer page faults per query, ~245 MiB more during a job)",
     )
     warmup: bool = Field(default=True, description="run the model once at start-up, so no query pays for it")
     thumbnail_quality: int = Field(default=85, ge=30, le=100, description="JPEG quality of cached thumbnails")
