@@ -47,14 +47,15 @@ problem documents (`application/problem+json`). Writes need an API key in the
 
 def open_services(settings: Settings) -> Services:
     """Open the collection and everything built on it (blocking: run in a thread)."""
-    from api.compute import ModelRunner, limit_malloc_arenas, thread_split
+    from api.compute import ForegroundGate, ModelRunner, limit_malloc_arenas, thread_split
     from api.ingest import Ingestor
     from api.jobs import JobRunner
     from api.thumbnails import ThumbnailCache
     from retrieval.search import SearchEngine
 
     limit_malloc_arenas(settings.malloc_arena_max, settings.malloc_mmap_threshold_mib)
-    model = ModelRunner(thread_split(settings.job_threads)[0])
+    gate = ForegroundGate(settings.job_yield_max_ms / 1000, settings.job_min_run_ms / 1000)
+    model = ModelRunner(thread_split(settings.job_threads)[0], gate)
     try:  # the model is built on its own thread too: no other thread may start an OpenMP team (see api.compute)
         engine = model.run(
             SearchEngine.open,
@@ -67,7 +68,7 @@ def open_services(settings: Settings) -> Services:
         model.close()
         raise
     try:
-        runner = JobRunner(engine, settings)
+        runner = JobRunner(engine, settings, gate)
         if not settings.read_only:
             runner.recover()
         thumbnails = ThumbnailCache(

@@ -14,6 +14,11 @@ layers then runs ~2x slower (measured: one extraction on a 2-core machine 41 ms 
 team, 75-93 ms once a second thread had started a team). ``thread_split`` sizes the model's
 team and an index job's team so that together they stay within the CPUs.
 
+Searches also come first over an index job: :class:`ForegroundGate` counts the model thread's
+work in flight, and the job's network pauses before each of its layers while any is (a search
+that shares the cores with a job's batch took ~2x as long), with a cap so the job still moves
+on under a constant stream of searches.
+
 ``limit_malloc_arenas`` tunes glibc (no-op elsewhere; see :mod:`retrieval.runtime`): a fixed
 mmap threshold and fewer per-thread malloc arenas; ``trim_memory`` gives freed heap back
 to the OS after a bulk job.
@@ -23,6 +28,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -34,22 +41,81 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+class ForegroundGate:
+    """Lets background work (an index job) give the CPU to foreground work (searches).
+
+    Foreground work runs inside :meth:`busy`. Background work calls :meth:`pause_point` often
+    (before every layer of its network): while foreground work is in flight it waits, for at
+    most ``max_wait_s`` in a row; after a wait that long it runs ``min_run_s`` without pausing,
+    so under a constant stream of searches the job still gets at least
+    ``min_run_s / (max_wait_s + min_run_s)`` of the time. ``max_wait_s`` 0 turns pausing off.
+    """
+
+    def __init__(self, max_wait_s: float = 1.0, min_run_s: float = 0.25) -> None:
+        self.max_wait_s = max_wait_s
+        self.min_run_s = min_run_s
+        self._cond = threading.Condition()
+        self._busy = 0
+        self._free_until = 0.0
+        #: seconds the background work spent waiting, and how many waits
+        self.waited_s = 0.0
+        self.pauses = 0
+
+    @property
+    def in_flight(self) -> int:
+        return self._busy
+
+    def enter(self) -> None:
+        with self._cond:
+            self._busy += 1
+
+    def leave(self) -> None:
+        with self._cond:
+            self._busy -= 1
+            if self._busy == 0:
+                self._cond.notify_all()
+
+    def pause_point(self) -> None:
+        """Wait while foreground work is in flight (see the class); returns at once otherwise."""
+        if self._busy == 0 or self.max_wait_s <= 0:  # the common case: no lock taken
+            return
+        start = time.monotonic()
+        if start < self._free_until:
+            return
+        with self._cond:
+            deadline = start + self.max_wait_s
+            while self._busy > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self._free_until = time.monotonic() + self.min_run_s
+                    break
+                self._cond.wait(left)
+            self.waited_s += time.monotonic() - start
+            self.pauses += 1
+
+
 class ModelRunner:
     """Runs callables on the one model thread and waits for their result.
 
     The thread sets its own OpenMP team size first (with OpenMP the torch thread count is a
-    per-thread setting): ``threads``, by default torch's current count.
+    per-thread setting): ``threads``, by default torch's current count. Every call counts as
+    foreground work of :attr:`gate` from the moment it is queued until it returns.
     """
 
-    def __init__(self, threads: int | None = None) -> None:
+    def __init__(self, threads: int | None = None, gate: ForegroundGate | None = None) -> None:
         import torch
 
         self.threads = threads if threads is not None else torch.get_num_threads()
+        self.gate = gate if gate is not None else ForegroundGate()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imsearch-model")
         self._pool.submit(torch.set_num_threads, self.threads).result()
 
     def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return self._pool.submit(fn, *args, **kwargs).result()
+        self.gate.enter()
+        try:
+            return self._pool.submit(fn, *args, **kwargs).result()
+        finally:
+            self.gate.leave()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -68,15 +134,19 @@ def job_threads(setting: int) -> int:
     return thread_split(setting)[1]
 
 
-def limit_malloc_arenas(count: int, mmap_threshold_mib: int = 1) -> None:
+def limit_malloc_arenas(count: int, mmap_threshold_mib: int = 8) -> None:
     """Tune the C allocator for a long-running server (see :mod:`retrieval.runtime`).
 
-    A higher threshold lets a query's activations (one image) come from reused heap blocks
-    instead of fresh mappings: a lone extraction measured 97.5 ms at 8 MiB vs 137.9 ms at 1 MiB
-    (15,078 -> 2,259 page faults per image), but ``python -m bench.api`` measured ~245 MiB more
-    resident memory during an index job, so the default stays 1 MiB.
+    The threshold trades memory for page faults. A query's activations (one image, a few MiB
+    each) below it come from reused heap blocks; above it, every block is a fresh mapping
+    that the kernel fills page by page. Measured on the 2-core CI machine (searches by upload
+    on the model thread, in-process): 1 MiB gave ~37,000 page faults and 268-293 ms per query,
+    glibc's own sliding threshold ~20-90 faults and 160-172 ms. ``python -m bench.api`` (100k
+    vectors, an index job running): 1 MiB -> by upload p50 314.5 ms quiet / 340.8 ms during the
+    job, peak RSS 1232 MiB; 8 MiB -> 178.6 / 206.5 ms, peak RSS 1434 MiB (the job's batches, far
+    larger than 8 MiB, still get their own mappings). Hence the default of 8 MiB.
     """
     tune_malloc(mmap_threshold=mmap_threshold_mib << 20, arena_max=count)
 
 
-__all__ = ["ModelRunner", "job_threads", "limit_malloc_arenas", "thread_split", "trim_memory"]
+__all__ = ["ForegroundGate", "ModelRunner", "job_threads", "limit_malloc_arenas", "thread_split", "trim_memory"]

@@ -1,7 +1,9 @@
 """Bulk index jobs run by the API process (the one writer of its data directory).
 
 One job at a time runs :class:`indexer.pipeline.Indexer` over a server-side folder in a
-background thread, at a lower CPU priority (``job_nice``) so searches stay responsive.
+background thread, at a lower CPU priority (``job_nice``), with its own smaller OpenMP team
+(``job_threads``), and its network pausing before each layer while a search runs
+(``job_yield_max_ms``: see :class:`api.compute.ForegroundGate`), so searches stay responsive.
 Its progress is copied into the catalog's ``jobs`` table every half second, so any
 reader sees it; :meth:`JobRunner.cancel` stops it after the work in flight is written.
 Jobs a previous server process left running are marked failed at start-up: starting them
@@ -19,7 +21,7 @@ from typing import Any
 
 import torch
 
-from api.compute import job_threads, trim_memory
+from api.compute import ForegroundGate, job_threads, trim_memory
 from api.errors import ApiError
 from api.settings import Settings
 from indexer.pipeline import Indexer, IndexOptions, IndexSummary
@@ -64,9 +66,11 @@ def lower_priority(nice: int) -> None:
 
 
 class JobRunner:
-    def __init__(self, engine: SearchEngine, settings: Settings) -> None:
+    def __init__(self, engine: SearchEngine, settings: Settings, gate: ForegroundGate | None = None) -> None:
         self.engine = engine
         self.settings = settings
+        #: the job's network pauses at this gate while searches run (None: never pauses)
+        self.gate = gate
         self._lock = threading.Lock()
         self._active: _Active | None = None
 
@@ -173,6 +177,8 @@ class JobRunner:
             workers=self.settings.job_workers,
             buffer_images=2 * self.settings.job_batch_size,  # bounded memory next to the searches
         )
+        if self.gate is not None and self.gate.max_wait_s > 0:
+            extractor.add_pause_points(self.gate.pause_point)
         options = IndexOptions(
             prune=bool(params["prune"]),
             region_min_score=self.settings.region_min_score,
@@ -220,6 +226,9 @@ class JobRunner:
                 self._active = None
             active.indexer = None
             trim_memory()  # the job's buffers go back to the OS
+            if self.gate is not None:
+                gate = self.gate
+                logger.info("index jobs so far paused %.1f s (%d times) for searches", gate.waited_s, gate.pauses)
             logger.info("index job %s %s: %s", job_id, status, message)
 
     def _monitor(self, active: _Active, stop: threading.Event) -> None:

@@ -365,6 +365,21 @@ class Extractor:
         self.stats["images"] += len(jobs)
         return descs, regions
 
+    def add_pause_points(self, pause: Callable[[], None]) -> int:
+        """Call ``pause()`` before every layer with weights of the network that runs (a
+        background job yielding the CPU to searches: see :class:`api.compute.ForegroundGate`);
+        returns how many layers got one."""
+
+        def hook(module: torch.nn.Module, args: Any) -> None:
+            pause()
+
+        if self.backbone is self.model.backbone:  # never hook the model's own network (searches share it)
+            self.backbone = copy.deepcopy(self.backbone)
+        layers = [m for m in self.backbone.modules() if not list(m.children()) and any(True for _ in m.parameters())]
+        for layer in layers:
+            layer.register_forward_pre_hook(hook)
+        return len(layers)
+
     def run_backbone(self, x: torch.Tensor) -> torch.Tensor:
         """Float32 feature maps of a normalized batch, in the extractor's precision."""
         if self.backbone_dtype != torch.float32:

@@ -75,3 +75,56 @@ def test_model_runner_sets_its_own_thread_count() -> None:
         assert runner.run(torch.get_num_threads) == 1
     finally:
         runner.close()
+
+
+def test_foreground_gate_pauses_background_work_while_searches_run() -> None:
+    import threading
+    import time
+
+    from api.compute import ForegroundGate, ModelRunner
+
+    gate = ForegroundGate(max_wait_s=30.0, min_run_s=0.25)
+    gate.pause_point()  # nothing in flight: returns at once, no pause counted
+    assert gate.pauses == 0
+
+    release = threading.Event()
+    runner = ModelRunner(threads=1, gate=gate)
+    try:
+        search = threading.Thread(target=runner.run, args=(release.wait,))
+        search.start()
+        while gate.in_flight == 0:
+            time.sleep(0.001)
+        resumed = threading.Event()
+        job = threading.Thread(target=lambda: (gate.pause_point(), resumed.set()))
+        job.start()
+        assert not resumed.wait(0.3)  # the job waits while the search is in flight ...
+        release.set()
+        assert resumed.wait(10)  # ... and goes on as soon as it ends
+        search.join()
+        job.join()
+        assert gate.in_flight == 0 and gate.pauses == 1 and gate.waited_s >= 0.3
+    finally:
+        release.set()
+        runner.close()
+
+
+def test_foreground_gate_lets_background_work_progress_under_constant_searches() -> None:
+    import time
+
+    from api.compute import ForegroundGate
+
+    gate = ForegroundGate(max_wait_s=0.1, min_run_s=30.0)
+    gate.enter()  # a search that never ends
+    try:
+        start = time.monotonic()
+        gate.pause_point()
+        assert time.monotonic() - start >= 0.1  # waited its maximum, then went on
+        for _ in range(100):  # and now runs for min_run_s without pausing
+            gate.pause_point()
+        assert gate.pauses == 1
+    finally:
+        gate.leave()
+    off = ForegroundGate(max_wait_s=0.0)
+    off.enter()
+    off.pause_point()  # pausing turned off
+    assert off.pauses == 0

@@ -136,3 +136,23 @@ def test_learn_whitening_from_a_collection(small: DescriptorModel) -> None:
     out = Extractor(model).extract(f.real_photos(3))
     assert out.shape == (3, 64) and model.meta.dim == 64
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_pause_points_run_before_every_weight_layer_of_a_private_copy(small: DescriptorModel, precision: str) -> None:
+    paths = f.real_photos(2)
+    plain = Extractor(small, precision=precision, batch_size=2, fuse=False, channels_last=False)
+    want = plain.extract(paths)
+    hooked = Extractor(small, precision=precision, batch_size=2, fuse=False, channels_last=False)
+    calls: list[int] = []
+    layers = hooked.add_pause_points(lambda: calls.append(1))
+    weighted = [m for m in small.backbone.modules() if not list(m.children()) and list(m.parameters())]
+    assert layers == len(weighted) > 20
+    got = hooked.extract(paths)
+    np.testing.assert_array_equal(got, want)  # pausing changes nothing in the result
+    assert len(calls) == layers * hooked.stats["batches"]
+    # the model's own network (shared with searches) carries no hook
+    calls.clear()
+    np.testing.assert_array_equal(plain.extract(paths), want)
+    assert calls == []
+    assert all(not m._forward_pre_hooks for m in small.backbone.modules())
