@@ -15,9 +15,9 @@ team, 75-93 ms once a second thread had started a team). ``thread_split`` sizes 
 team and an index job's team so that together they stay within the CPUs.
 
 Searches also come first over an index job: :class:`ForegroundGate` counts the model thread's
-work in flight, and the job's network pauses before each of its layers while any is (a search
-that shares the cores with a job's batch took ~2x as long), with a cap so the job still moves
-on under a constant stream of searches.
+work in flight, and the job's network pauses before each of its layers while any is (without
+it, a search by upload during a job took 1.6-1.9x its quiet time in ``python -m bench.api``;
+with it 1.1-1.2x), with a cap so the job still moves on under a constant stream of searches.
 
 ``limit_malloc_arenas`` tunes glibc (no-op elsewhere; see :mod:`retrieval.runtime`): a fixed
 mmap threshold and fewer per-thread malloc arenas; ``trim_memory`` gives freed heap back
@@ -44,7 +44,8 @@ T = TypeVar("T")
 class ForegroundGate:
     """Lets background work (an index job) give the CPU to foreground work (searches).
 
-    Foreground work runs inside :meth:`busy`. Background work calls :meth:`pause_point` often
+    Foreground work is bracketed by :meth:`enter` and :meth:`leave` (:meth:`ModelRunner.run`
+    does it for every call). Background work calls :meth:`pause_point` often
     (before every layer of its network): while foreground work is in flight it waits, for at
     most ``max_wait_s`` in a row; after a wait that long it runs ``min_run_s`` without pausing,
     so under a constant stream of searches the job still gets at least
