@@ -63,6 +63,7 @@ def open_services(settings: Settings) -> Services:
             db_url=settings.db,
             writable=not settings.read_only,
             device=settings.device,
+            engine=settings.model_engine,
         )
     except BaseException:
         model.close()

@@ -263,6 +263,7 @@ class StatsResponse(BaseModel):
     vectors: dict[str, int]
     model: str
     model_fingerprint: str
+    model_engine: str = Field(description="what runs the network for searches: torch or onnxruntime")
     dim: int
     index: dict[str, IndexInfo]
     database: str

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=Path("imsearch-data"), description="collection directory (index, model, uploads)")
     db: str | None = Field(default=None, description="catalog database URL (default: SQLite in data_dir)")
     device: str = Field(default="auto", description="torch device of the descriptor model: auto, cpu, cuda, cuda:1")
+    model_engine: Literal["auto", "torch", "onnxruntime"] = Field(
+        default="auto", description="what runs the network for searches and uploads: onnxruntime (float32, "
+        "CPU; searches by upload measured 1.3x faster than with torch bf16), torch, or auto = onnxruntime on CPU "
+        "when installed. Index jobs always run torch, which can pause between layers for searches"
+    )
     read_only: bool = Field(default=False, description="open the collection read-only: writes answer 409")
 
     # access

@@ -102,9 +102,16 @@ class SearchEngine:
         writable: bool = False,
         device: str = "auto",
         precision: str = "auto",
+        engine: str = "torch",
     ) -> SearchEngine:
+        """Open the collection at ``root``; ``engine`` runs the queries' network (see :class:`Extractor`)."""
         collection = Collection.open(root, db_url=db_url, model=model, writable=writable, create=writable)
-        extractor = Extractor(collection.model, device=device, precision=precision, batch_size=8)
+        try:
+            extractor = Extractor(collection.model, device=device, precision=precision, batch_size=8, engine=engine)
+        except BaseException:
+            collection.close()
+            raise
+        return cls(collection, extractor)
         return cls(collection, extractor)
 
     def close(self) -> None:

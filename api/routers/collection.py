@@ -43,6 +43,7 @@ def stats(engine: EngineDep, jobs: JobsDep, settings: SettingsDep) -> StatsRespo
         vectors=st["vectors"],
         model=st["model"],
         model_fingerprint=st["model_fingerprint"],
+        model_engine=engine.extractor.engine,
         dim=st["dim"],
         index={space: IndexInfo(**info) for space, info in st["index"].items()},
         database=st["database"],

@@ -87,6 +87,7 @@ def test_health_and_stats(env: Env) -> None:
     assert stats["index"]["image"]["size"] == stats["images"]
     assert stats["database"] == ("sqlite" if env.settings.db is None else "postgresql")
     assert stats["regions"] > 0 and stats["read_only"] is False
+    assert stats["model_engine"] == "onnxruntime"  # model_engine=auto on CPU with the [onnx] extra installed
 
 
 def test_labels_counts_match_images(env: Env) -> None:

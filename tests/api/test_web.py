@@ -149,7 +149,8 @@ def test_upload_filter_click_and_box(page: Any, layout: Layout) -> None:
     wait_idle(page)
     ids = card_ids(page)
     assert ids[0] == key_of(query) and len(ids) == len(layout.library_photos())
-    assert page.inner_text("#results .card .score").startswith("1.000")
+    # indexed with torch bf16, searched with onnxruntime fp32 (model_engine=auto): the same photo scores >= 0.999
+    assert float(page.inner_text("#results .card .score").split()[0]) >= 0.999
     wait_js(page, "Array.from(document.querySelectorAll('#results img')).every(i => i.complete && i.naturalWidth > 0)")
     shot(page, "1-upload")
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from retrieval.errors import ImageDecodeError
+from retrieval.errors import ImageDecodeError, ImsearchError
 from retrieval.imageio import decode_image
 from retrieval.models.descriptor import DescriptorModel
-from retrieval.models.extract import ExtractItem, Extractor, input_size
+from retrieval.models.extract import ExtractItem, Extractor, input_size, resolve_engine
 from retrieval.models.pooling import l2n
 from tests import imagefactory as f
 
@@ -156,3 +156,47 @@ def test_pause_points_run_before_every_weight_layer_of_a_private_copy(small: Des
     np.testing.assert_array_equal(plain.extract(paths), want)
     assert calls == []
     assert all(not m._forward_pre_hooks for m in small.backbone.modules())
+
+
+def test_onnxruntime_engine_equals_the_naive_fp32_reference(small: DescriptorModel) -> None:
+    paths = f.real_photos(6, stride=97)
+    ex = Extractor(small, engine="onnxruntime", batch_size=4)
+    assert ex.engine == "onnxruntime" and ex.dtype == torch.float32
+    got = ex.extract(paths)
+    want = np.stack([naive_descriptor(small, p) for p in paths])
+    cos = (got * want).sum(axis=1)
+    assert cos.min() > 0.99999, cos
+    # one image on the calling thread (the API's path) gives the same, and so do the feature maps
+    alone = ex.extract_one(paths[0])
+    np.testing.assert_allclose(alone.descriptor, got[0], atol=2e-5)  # type: ignore[arg-type]
+    x = small.normalize(torch.from_numpy(np.asarray(Image.open(paths[0]).convert("RGB").resize((224, 160))).copy())
+                        .permute(2, 0, 1)[None])
+    with torch.inference_mode():
+        torch_maps = small.features(x)
+    onnx_maps = ex.run_backbone(x)
+    assert onnx_maps.shape == torch_maps.shape == (1, 1280, 5, 7)
+    np.testing.assert_allclose(onnx_maps.numpy(), torch_maps.numpy(), atol=1e-3 * float(torch_maps.abs().max()))
+
+
+def test_onnxruntime_engine_pools_boxes_and_refuses_pause_points(small: DescriptorModel) -> None:
+    path = f.real_photos(1)[0]
+    w, h = Image.open(path).size
+    boxes = [(w * 0.1, h * 0.2, w * 0.6, h * 0.9)]
+    want = Extractor(small, precision="fp32").extract_one(path, boxes=boxes)
+    ex = Extractor(small, engine="onnxruntime")
+    got = ex.extract_one(path, boxes=boxes)
+    assert got.regions is not None and want.regions is not None
+    assert float(got.regions[0] @ want.regions[0]) > 0.99999
+    with pytest.raises(ImsearchError, match="torch engine"):
+        ex.add_pause_points(lambda: None)
+
+
+def test_engine_choice() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_engine("auto", cpu) == "onnxruntime"  # installed with the [onnx] extra, as the tests are
+    assert resolve_engine("auto", cuda) == "torch"
+    assert resolve_engine("torch", cpu) == "torch"
+    with pytest.raises(ImsearchError, match="CPU only"):
+        resolve_engine("onnxruntime", cuda)
+    with pytest.raises(ImsearchError, match="unknown engine 'tensorrt'"):
+        resolve_engine("tensorrt", cpu)
