@@ -275,7 +275,8 @@ def main() -> None:
     build(data_dir, args.real, args.vectors)
     ensure_index_kind(data_dir, args.index_kind)
     _, sample_ids, uploads = real_photos(data_dir)
-    ref = reference(data_dir, sample_ids, uploads)
+    engine = next((v for k, _, v in (i.partition("=") for i in args.server_set) if k == "model_engine"), "auto")
+    ref = reference(data_dir, sample_ids, uploads, model_engine=engine)  # the server's engine: the ratio is HTTP's cost
     folder = job_folder(out, args.job_photos)
     proc, url = start_server(data_dir, out / "jobs", args.server_set)
     sampler = RssSampler(proc.pid)

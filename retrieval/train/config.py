@@ -58,6 +58,8 @@ class TrainConfig:
     whiten_dim: int | None = None  # None: as many as the backbone's channels
     whiten_power: float = 0.0  # eigenvalue power of the initial projection: 0 = PCA rotation (measured best)
     whitening_images: int = 1000
+    whiten_method: str = "pca"  # pca | lw (learned from the groups, Radenović et al.)
+    lw_shrink: float = 0.75  # lw: within-group covariance shrunk towards the identity by this much
     # loss
     loss: str = "triplet"  # triplet | contrastive
     margin: float | None = None  # None: 0.1 (triplet) / 0.7 (contrastive)
@@ -112,6 +114,9 @@ class TrainConfig:
         """Check ranges and choices; returns ``self`` with the margin resolved."""
         _choice("csv_format", self.csv_format, ("auto", "groups", "triplets"))
         _choice("pooling", self.pooling, ("rmac", "gem"))
+        _choice("whiten_method", self.whiten_method, ("pca", "lw"))
+        if not 0.0 <= self.lw_shrink <= 1.0:
+            raise TrainingError(f"lw_shrink must be in [0, 1], got {self.lw_shrink}")
         _choice("loss", self.loss, ("triplet", "contrastive"))
         _choice("distance", self.distance, ("squared", "euclidean"))
         _choice("query_sampling", self.query_sampling, ("balanced", "uniform"))

@@ -22,7 +22,8 @@ from torch import nn
 
 from retrieval.errors import TrainingError
 from retrieval.models.descriptor import DescriptorModel
-from retrieval.models.extract import Extractor
+from retrieval.models.extract import ExtractItem, Extractor
+from retrieval.models.whitening import WhiteningParams, learn_lw_whitening
 from retrieval.train.config import TrainConfig
 from retrieval.train.data import TrainingData
 
@@ -51,7 +52,8 @@ def build_model(config: TrainConfig) -> DescriptorModel:
 
 
 def init_whitening(model: DescriptorModel, data: TrainingData, config: TrainConfig, device: torch.device) -> None:
-    """Learn PCA-whitening on (a seeded sample of) the training images, unless the model has one."""
+    """Learn the initial whitening on (a seeded sample of) the training images, unless the model has one:
+    PCA (``whiten_method=pca``) or learned from the groups (``lw``: :func:`learn_lw_whitening`)."""
     if model.whiten is not None or not config.whiten:
         return
     rng = np.random.default_rng([config.seed, 7919])
@@ -60,9 +62,33 @@ def init_whitening(model: DescriptorModel, data: TrainingData, config: TrainConf
     sources = [data.paths[i] for i in pick.tolist()]
     extractor = Extractor(model, device=device, precision=config.precision, batch_size=config.mining_batch,
                           workers=config.workers)
-    params = extractor.learn_whitening(sources, config.whiten_dim, power=config.whiten_power)
-    model.set_whitening(params, learned_from=f"{count} training images of {data.source or 'the training data'}")
+    if config.whiten_method == "lw":
+        params = learn_lw_from_images(extractor, sources, data.groups[pick], config.whiten_dim, config.lw_shrink)
+        what = "learned whitening (lw)"
+    else:
+        params = extractor.learn_whitening(sources, config.whiten_dim, power=config.whiten_power)
+        what = "PCA-whitening"
+    model.set_whitening(params, learned_from=f"{what} of {count} training images of "
+                                             f"{data.source or 'the training data'}")
     logger.info("initial whitening learned from %d training images (%d vectors)", count, params.n_samples)
+
+
+def learn_lw_from_images(
+    extractor: Extractor, sources: list[Path], groups: np.ndarray, dim: int | None, shrink: float
+) -> WhiteningParams:
+    """Learned whitening from the images' descriptors (undecodable images are skipped and logged)."""
+    descs: list[np.ndarray] = []
+    kept: list[int] = []
+    for res in extractor.iter_extract(ExtractItem(i, p) for i, p in enumerate(sources)):
+        if res.error is not None or res.descriptor is None:
+            logger.warning("whitening: skipping image %s: %s", sources[int(res.key)], res.error)  # type: ignore[call-overload]
+            continue
+        descs.append(res.descriptor)
+        kept.append(int(res.key))  # type: ignore[call-overload]
+    if not descs:
+        raise TrainingError("learned whitening: none of the training images could be read")
+    order = np.argsort(kept)
+    return learn_lw_whitening(np.stack(descs)[order], groups[np.asarray(kept)[order]], dim, shrink=shrink)
 
 
 def freeze_batchnorm(model: nn.Module) -> None:

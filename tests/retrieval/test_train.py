@@ -18,6 +18,7 @@ import torch
 from retrieval.errors import TrainingError
 from retrieval.models.descriptor import DescriptorModel
 from retrieval.models.extract import Extractor
+from retrieval.models.whitening import learn_lw_whitening
 from retrieval.train.checkpoint import load_checkpoint
 from retrieval.train.config import TrainConfig, read_config_file, resolve_config
 from retrieval.train.data import TrainingData, folder_groups, group_csv, load_training_data, split_by_group, triplet_csv
@@ -286,6 +287,19 @@ def test_saved_artifacts_load_and_differ_from_the_initial_model(tmp_path: Path) 
     x = torch.randint(0, 256, (1, 3, 64, 96), dtype=torch.uint8)
     with torch.inference_mode():
         assert last(x).shape == (1, 16)
+
+
+def test_learned_whitening_initializes_the_projection_from_the_groups(tmp_path: Path) -> None:
+    data = _photo_groups(4, 4)
+    config = _tiny(tmp_path / "run", None, epochs=1, whiten_method="lw", lw_shrink=0.5, whitening_images=100)
+    Trainer(config, data).fit()
+    init = DescriptorModel.load(tmp_path / "run" / "init.pt")
+    assert init.meta.whitening is not None and "learned whitening (lw)" in init.meta.whitening["learned_from"]
+    want_weight = init.state_dict()["whiten.weight"].numpy()
+    init.set_whitening(None)  # the same network without its projection: the descriptors it was learned from
+    descs = Extractor(init, precision="fp32", workers=1).extract(list(data.paths))
+    params = learn_lw_whitening(descs, data.groups, 16, shrink=0.5)
+    np.testing.assert_allclose(want_weight, params.weight, rtol=1e-3, atol=1e-4 * np.abs(params.weight).max())
 
 
 # ----------------------------------------------------------------------------- inputs
