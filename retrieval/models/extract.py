@@ -185,8 +185,15 @@ class Extractor:
             backbone = fuse_conv_bn(backbone, example)
         self.onnx: OnnxBackbone | None = None
         if self.engine == "onnxruntime":
-            self.onnx = OnnxBackbone(backbone, int(model.meta.stride))
-            channels_last = self.channels_last = False  # onnxruntime takes NCHW arrays
+            try:
+                self.onnx = OnnxBackbone(backbone, int(model.meta.stride))
+                channels_last = self.channels_last = False  # onnxruntime takes NCHW arrays
+            except ImsearchError as exc:
+                if engine != "auto":
+                    raise
+                logger.warning("engine auto: %s; running torch instead", exc)
+                self.engine = "torch"
+                self.dtype = resolve_precision(precision, self.device)
         if channels_last:
             backbone = backbone.to(memory_format=torch.channels_last)
         # bf16 on CPU: weights stored in bf16 rather than autocast, which re-casts around every

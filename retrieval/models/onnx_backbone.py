@@ -82,7 +82,11 @@ class OnnxBackbone:
 
         t0 = time.perf_counter()
         example = torch.rand(1, 3, 4 * stride, 6 * stride)
-        model_bytes = export_onnx(backbone, example)
+        try:
+            model_bytes = export_onnx(backbone, example)
+        except Exception as exc:  # the exporter raises many kinds (unsupported operators, tracing errors)
+            raise ImsearchError(f"the backbone could not be exported to ONNX ({type(exc).__name__}: {exc}); "
+                                "use engine 'torch'") from exc
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(threads or torch.get_num_threads())
         options.inter_op_num_threads = 1

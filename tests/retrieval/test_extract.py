@@ -200,3 +200,22 @@ def test_engine_choice() -> None:
         resolve_engine("onnxruntime", cuda)
     with pytest.raises(ImsearchError, match="unknown engine 'tensorrt'"):
         resolve_engine("tensorrt", cpu)
+
+
+def test_engine_auto_falls_back_to_torch_when_the_export_fails() -> None:
+    class Unexportable(torch.nn.Module):  # singular values: an operator ONNX has no translation for
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y: torch.Tensor = self.inner(x)
+            return y + 0.0 * torch.linalg.svdvals(y[:, :, :2, :2].float()).sum().to(y.dtype)
+
+    model = DescriptorModel.create("efficientnet_lite0", max_side=128, scales=(1.0,))
+    model.backbone.body = Unexportable(model.backbone.body)  # type: ignore[assignment]
+    ex = Extractor(model, engine="auto", fuse=False)
+    assert ex.engine == "torch" and ex.onnx is None
+    assert ex.extract(f.real_photos(1)).shape == (1, 1280)
+    with pytest.raises(ImsearchError, match="could not be exported to ONNX"):
+        Extractor(model, engine="onnxruntime", fuse=False)
