@@ -112,7 +112,6 @@ class SearchEngine:
             collection.close()
             raise
         return cls(collection, extractor)
-        return cls(collection, extractor)
 
     def close(self) -> None:
         self.collection.close()
