@@ -44,14 +44,13 @@ def onnx_available() -> bool:
 
 
 def export_onnx(backbone: nn.Module, example: torch.Tensor) -> bytes:
-    """The ONNX model of ``backbone`` (float32, NCHW) with dynamic batch, height and width."""
-    module = backbone.float().eval()
+    """The ONNX model of ``backbone`` (a float32 module in eval mode; NCHW) with dynamic batch, height and width."""
     with tempfile.TemporaryDirectory(prefix="imsearch-onnx-") as tmp, warnings.catch_warnings(), \
             torch.inference_mode(False), torch.no_grad():
         path = Path(tmp) / "backbone.onnx"
         warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notices
         torch.onnx.export(
-            module,
+            backbone,
             (example.float().contiguous(),),
             path,
             input_names=["image"],
@@ -72,7 +71,7 @@ class OnnxBackbone:
     thread); onnxruntime sessions are thread-safe, but a query is fastest alone on the cores.
     """
 
-    def __init__(self, backbone: nn.Module, stride: int, *, threads: int | None = None, spin: bool = True) -> None:
+    def __init__(self, backbone: nn.Module, stride: int, *, threads: int | None = None) -> None:
         if not onnx_available():
             raise ImsearchError(
                 "engine 'onnxruntime' needs the onnxruntime and onnx packages: pip install 'imsearch[onnx]' "
@@ -93,8 +92,6 @@ class OnnxBackbone:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only
-        if not spin:
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session: Any = ort.InferenceSession(model_bytes, sess_options=options,
                                                      providers=["CPUExecutionProvider"])
