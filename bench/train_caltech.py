@@ -3,7 +3,8 @@
 Protocol: the 50 class folders of ``caltech101-half`` in sorted order are split by
 alternation: classes 0, 2, 4, ... (25) are the TRAINING half, classes 1, 3, 5, ... (25) the
 EVALUATION half. The reference is the off-the-shelf model: ImageNet weights (offline
-``efficientnet_lite0``), R-MAC, PCA-whitening learned on the training half. The trained
+``efficientnet_lite0``), R-MAC (GeM with ``--pooling gem``), PCA-whitening (``--whitening lw``: learned
+whitening) learned on the training half. The trained
 model starts from it and is fine-tuned end to end with the triplet loss and hard negatives
 on the training half (its validation = a few held-out training classes). Both are scored
 on the evaluation half plus the distractors: every evaluation image is a query against all
@@ -14,7 +15,7 @@ last epoch; and ``best.pt``, the saved model (best validation epoch), which with
 ``wise_alpha=0.5`` is the weight-space ensemble halfway between the start and the fine-tuned
 weights (Wortsman et al. 2022). Both models use the same inference size and scales.
 
-    /tmp/venv/bin/python -m bench.train_caltech [--epochs 10] [--image-size 224] [--set lr=2e-5 ...]
+    /tmp/venv/bin/python -m bench.train_caltech [--epochs 10] [--whitening lw] [--pooling gem] [--set lr=2e-5 ...]
 
 Prints mAP and mP@10 of each model, the differences (points) and the time of each stage.
 Sets OMP_WAIT_POLICY=PASSIVE (unless set): on CPU cores shared with other jobs, busy-waiting
@@ -127,6 +128,8 @@ def main() -> None:
     ap.add_argument("--distractors", type=Path, default=DEFAULT_DISTRACTORS)
     ap.add_argument("--out", type=Path, default=Path("/tmp/imsearch-bench-train-caltech"))
     ap.add_argument("--backbone", default="efficientnet_lite0")
+    ap.add_argument("--pooling", choices=("rmac", "gem"), default="rmac",
+                    help="pooling of the off-the-shelf and trained models (the default model is always R-MAC)")
     ap.add_argument("--max-side", type=int, default=320, help="inference size of every model")
     ap.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.7071], help="inference scales")
     ap.add_argument("--epochs", type=int, default=10)
@@ -165,10 +168,11 @@ def main() -> None:
           f"{default.summary()}", flush=True)
 
     t0 = time.perf_counter()
-    base = DescriptorModel.create(args.backbone, max_side=args.max_side, scales=args.scales, name="off-the-shelf")
-    plain = evaluate(DescriptorModel.create(args.backbone, max_side=args.max_side, scales=args.scales),
-                     eval_paths, eval_labels, args.batch)
-    print(f"off-the-shelf without whitening (max side {args.max_side}): {plain.summary()}", flush=True)
+    base = DescriptorModel.create(args.backbone, pooling=args.pooling, max_side=args.max_side, scales=args.scales,
+                                  name="off-the-shelf")
+    plain = evaluate(DescriptorModel.create(args.backbone, pooling=args.pooling, max_side=args.max_side,
+                                            scales=args.scales), eval_paths, eval_labels, args.batch)
+    print(f"off-the-shelf {args.pooling} without whitening (max side {args.max_side}): {plain.summary()}", flush=True)
     if args.whitening == "lw":
         train_descs = Extractor(base, batch_size=args.batch).extract(list(data.paths))
         params = learn_lw_whitening(train_descs, data.groups, shrink=args.lw_shrink)
@@ -207,18 +211,28 @@ def main() -> None:
                              args.batch)
     times["evaluate best.pt at the default inference size"] = time.perf_counter() - t0
     print(f"best.pt at max side {DEFAULT_MAX_SIDE}, scales {DEFAULT_SCALES}: {after_default.summary()}")
+    default_same = None
+    if args.pooling != "rmac":  # the like-for-like reference: the same pooling off the shelf, default inference
+        t0 = time.perf_counter()
+        default_same = evaluate(DescriptorModel.create(args.backbone, pooling=args.pooling), eval_paths, eval_labels,
+                                args.batch)
+        times[f"evaluate the default model with {args.pooling}"] = time.perf_counter() - t0
+        print(f"default model with {args.pooling} pooling: {default_same.summary()}")
 
     print("\n| model (25 unseen classes + 467 distractors) | mAP | mP@10 | d mAP | d mP@10 | mAP ratio |")
     print("|---|---|---|---|---|---|")
     whitened = f"PCA-whitened (power {args.whiten_power})" if args.whitening == "pca" else \
         f"learned whitening (shrink {args.lw_shrink})"
-    print(row(f"off-the-shelf, {whitened} on training half", before, None))
-    print(row("off-the-shelf, no whitening", plain, before))
+    print(row(f"off-the-shelf {args.pooling}, {whitened} on training half", before, None))
+    print(row(f"off-the-shelf {args.pooling}, no whitening", plain, before))
     print(row(f"fine-tuned, raw weights (epoch {result.history[-1]['epoch']})", raw, before))
     print(row(f"best.pt: epoch {result.best_epoch}, wise_alpha {config.wise_alpha}", after, before))
     inference = f"max side {DEFAULT_MAX_SIDE}, {len(DEFAULT_SCALES)} scales"
     print(row(f"default model, no whitening ({inference}: what `imsearch index` uses)", default, None))
     print(row(f"best.pt at {inference}", after_default, default))
+    if default_same is not None:
+        print(row(f"default model with {args.pooling} pooling, no whitening ({inference})", default_same, default))
+        print(row(f"best.pt at {inference}, vs the line above", after_default, default_same))
     print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()) + f"; total {sum(times.values()):.0f} s")
 
 
