@@ -9,7 +9,7 @@ PHOTOS ?= ../shared/data
 setup:  ## create .venv and install imsearch with every extra the tests use (+ Debian's chromium)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,onnx,postgres]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,onnx,postgres,ray]'
 	@command -v chromium >/dev/null 2>&1 || { \
 	  echo "installing Debian's chromium for the browser tests"; \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \

@@ -91,7 +91,7 @@ def open_services(settings: Settings) -> Services:
     logger.info(
         "serving %s (%d images, %s)",
         engine.collection.root,
-        len(engine.collection.indexes["image"]),
+        engine.collection.count("image"),
         "read-only" if settings.read_only else "writable",
     )
     return services

@@ -132,8 +132,7 @@ class Ingestor:
         return record
 
     def _existing(self, image_id: int) -> ImageRecord | None:
-        with self.engine.collection.db.session(readonly=True) as s:
-            return catalog.get_image(s, image_id=image_id)
+        return self.engine.collection.read(catalog.get_image, image_id=image_id)
 
     # ------------------------------------------------------------------ describing
     def describe(self, data: bytes, name: str) -> Described:

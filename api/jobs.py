@@ -76,19 +76,16 @@ class JobRunner:
 
     # ------------------------------------------------------------------ catalog
     def _update(self, job_id: str, **fields: Any) -> JobRecord:
-        with self.engine.collection.db.session() as s:
-            return catalog.update_job(s, job_id=job_id, **fields)
+        return self.engine.collection.write_catalog(catalog.update_job, job_id=job_id, **fields)
 
     def get(self, job_id: str) -> JobRecord:
-        with self.engine.collection.db.session(readonly=True) as s:
-            record = catalog.get_job(s, job_id=job_id)
+        record = self.engine.collection.read(catalog.get_job, job_id=job_id)
         if record is None:
             raise NotFoundError(f"no job with id {job_id!r}; GET /api/v1/jobs lists the jobs")
         return record
 
     def list(self, limit: int = 50) -> list[JobRecord]:
-        with self.engine.collection.db.session(readonly=True) as s:
-            return catalog.list_jobs(s, limit=limit)
+        return self.engine.collection.read(catalog.list_jobs, limit=limit)
 
     def running(self) -> JobRecord | None:
         active = self._active
@@ -96,15 +93,15 @@ class JobRunner:
 
     def recover(self) -> None:
         """Mark jobs an earlier process left unfinished as failed."""
-        with self.engine.collection.db.session() as s:
-            for status in ("queued", "running"):
-                for job in catalog.list_jobs(s, status=status, limit=1000):
-                    catalog.update_job(
-                        s,
-                        job_id=job.id,
-                        status="failed",
-                        message="the server stopped while this job ran; start it again to continue where it stopped",
-                    )
+        collection = self.engine.collection
+        for status in ("queued", "running"):
+            for job in collection.read(catalog.list_jobs, status=status, limit=1000):
+                collection.write_catalog(
+                    catalog.update_job,
+                    job_id=job.id,
+                    status="failed",
+                    message="the server stopped while this job ran; start it again to continue where it stopped",
+                )
 
     # ------------------------------------------------------------------ control
     def start(self, root: Path, *, detect: bool, segment: bool, prune: bool) -> JobRecord:
@@ -121,8 +118,7 @@ class JobRunner:
                     title="A job is already running",
                     job_id=self._active.job_id,
                 )
-            with self.engine.collection.db.session() as s:
-                record = catalog.create_job(s, kind=KIND, params=params)
+            record = self.engine.collection.write_catalog(catalog.create_job, kind=KIND, params=params)
             active = _Active(record.id)
             active.thread = threading.Thread(
                 target=self._run, args=(active, params), name=f"imsearch-job-{record.id[:8]}", daemon=True

@@ -60,10 +60,10 @@ def search_response(request: Request, result: SearchResult, *, k: int, image_id:
 
 def image_public(request: Request, engine: SearchEngine, image_id: int) -> ImagePublic:
     record = engine.image(image_id)
-    with engine.collection.db.session(readonly=True) as s:
-        labels = catalog.get_labels(s, image_ids=[image_id])[image_id]
-        regions = catalog.get_regions(s, image_ids=[image_id])
-        files = catalog.get_files(s, image_id=image_id)
+    collection = engine.collection
+    labels = collection.read(catalog.get_labels, image_ids=[image_id])[image_id]
+    regions = collection.read(catalog.get_regions, image_ids=[image_id])
+    files = collection.read(catalog.get_files, image_id=image_id)
     original, thumbnail = image_urls(request, image_id)
     return ImagePublic(
         id=str(record.id),

@@ -39,12 +39,11 @@ def build(data_dir: Path, n_real: int, n_vectors: int, batch: int = 2000) -> Non
             [str(p) for p in real]
         )
         print(f"indexed {summary.indexed} real photos in {time.perf_counter() - t0:.0f} s")
-        with collection.db.session(readonly=True) as s:
-            ids = catalog.vector_ids(s, space="image")
-            base = catalog.get_vectors(s, space="image", ids=ids)
+        ids = collection.read(catalog.vector_ids, space="image")
+        base = collection.read(catalog.get_vectors, space="image", ids=ids)
         rng = np.random.default_rng(0)
         t0 = time.perf_counter()
-        start = len(collection.indexes["image"])
+        start = collection.count("image")
         for first in range(start, n_vectors, batch):
             count = min(batch, n_vectors - first)
             vecs = base[rng.integers(0, len(base), count)] + rng.normal(0, 0.02, (count, base.shape[1]))
@@ -75,14 +74,15 @@ def ensure_index_kind(data_dir: Path, kind: str) -> None:
     from retrieval.collection import Collection
 
     collection = Collection.open(data_dir, writable=False)
-    current = collection.indexes["image"].kind
+    current = collection.index_info()["image"]["kind"]
     collection.close()
     if current == kind:
         return
     t0 = time.perf_counter()
     shutil.rmtree(data_dir / "index")
     collection = Collection.open(data_dir, index_kind=kind)  # repair() rebuilds from the catalog, then saves
-    print(f"rebuilt the index as {kind!r} ({collection.indexes['image'].factory}) in {time.perf_counter() - t0:.0f} s")
+    factory = collection.index_info()["image"]["factory"]
+    print(f"rebuilt the index as {kind!r} ({factory}) in {time.perf_counter() - t0:.0f} s")
     collection.close()
 
 
@@ -92,7 +92,7 @@ def real_photos(data_dir: Path) -> tuple[list[int], list[int], list[bytes]]:
 
     engine = SearchEngine.open(data_dir)
     try:
-        ids = engine.collection.indexes["image"].ids()
+        ids = engine.collection.index_ids("image")
         real = [r for batch in engine.iter_images() for r in batch if r.path]
     finally:
         engine.close()
@@ -110,9 +110,8 @@ def reference(data_dir: Path, sample_ids: list[int], uploads: list[bytes], *, mo
 
     engine = SearchEngine.open(data_dir, engine=model_engine)
     try:
-        index = engine.collection.indexes["image"]
-        matrix = index.reconstruct(index.ids())
-        ids = index.ids()
+        ids = engine.collection.index_ids("image")
+        matrix = engine.collection.reconstruct("image", ids)
         by_id, brute, up, decode = [], [], [], []
         for image_id in sample_ids[:20]:  # warm-up: caches, lazy kernels
             engine.search(Query(image_id=image_id), k=10)

@@ -108,7 +108,7 @@ def main() -> None:
                     for mode, objects in (("global", False), ("objects", True)):
                         hits = engine.search(Query(image=crop), k=args.k, objects=objects).hits
                         found[mode] += host_ids[host] in [h.image_id for h in hits]
-                print(f"regions indexed: {len(col.indexes['region'])}")
+                print(f"regions indexed: {col.count('region')}")
                 for mode, n in found.items():
                     print(
                         f"recall@{args.k} of the host photo, {mode:8s} search: {n / len(pairs):.3f} ({n}/{len(pairs)})"

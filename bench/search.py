@@ -202,12 +202,12 @@ def _truth(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 
 def _build(args: argparse.Namespace, work: Path, mode: str) -> dict[str, Any]:
-    from retrieval.store.vector_index import VectorIndex
+    from retrieval.index.faiss_index import FaissIndex
 
     xb = np.load(work / "xb.npy", mmap_mode="r")
     ids = np.load(work / "ids.npy")
     t = time.perf_counter()
-    index = VectorIndex(xb.shape[1], kind=MODES[mode])
+    index = FaissIndex(xb.shape[1], kind=MODES[mode])
     index.add(ids, xb)
     build_s = time.perf_counter() - t
     t = time.perf_counter()
@@ -221,12 +221,12 @@ def _build(args: argparse.Namespace, work: Path, mode: str) -> dict[str, Any]:
 
 
 def _search(args: argparse.Namespace, work: Path, mode: str) -> dict[str, Any]:
-    from retrieval.store.vector_index import VectorIndex
+    from retrieval.index.faiss_index import FaissIndex
 
     xq = np.load(work / "xq.npy")
     gt, gtf = np.load(work / "gt.npy"), np.load(work / "gt_filtered.npy")
     allowed = np.load(work / "allowed.npy")
-    index = VectorIndex.load(work / f"index-{mode}", mmap=True)
+    index = FaissIndex.load(work / f"index-{mode}", mmap=True)
     index.search(xq[:10], 10)  # warm-up
     t = time.perf_counter()
     _, found = index.search(xq, 10)

@@ -246,7 +246,7 @@ class Indexer:
         with self._lock:
             self.summary.found += len(batch)
             self._bar.total = self.summary.found
-        with self.collection.db.session(readonly=True) as s:
+        with self.collection._db.session(readonly=True) as s:
             known = catalog.get_files_by_path(s, paths=[e.path for e in batch])
             failed = catalog.get_failures_by_path(s, paths=[e.path for e in batch])
         todo: list[tuple[FileEntry, bytes, str]] = []
@@ -262,7 +262,7 @@ class Indexer:
             data = self._read_file(e)
             if data is not None:
                 todo.append((e, data, hashlib.sha256(data).hexdigest()))
-        with self.collection.db.session(readonly=True) as s:
+        with self.collection._db.session(readonly=True) as s:
             present = catalog.existing_images(s, image_ids=[image_key(sha) for _, _, sha in todo])
         same_content: list[FileInfo] = []
         for e, data, sha in todo:
@@ -387,7 +387,7 @@ class Indexer:
 
     def _fail(self, path: str, reason: str, size: int, mtime_ns: int) -> None:
         logger.debug("failed: %s: %s", path, reason)
-        with self.collection.db.session() as s:
+        with self.collection._db.session() as s:
             catalog.record_failure(s, path=path, reason=reason, size_bytes=size, mtime_ns=mtime_ns)
         with self._lock:
             self.summary.failed += 1
@@ -407,7 +407,7 @@ class Indexer:
         """Forget catalog files under ``roots`` that no longer exist on disk."""
         gone: list[str] = []
         for root in roots:
-            with self.collection.db.session(readonly=True) as s:
+            with self.collection._db.session(readonly=True) as s:
                 gone.extend(
                     rec.path for rec in catalog.files_under(s, prefix=under(root)) if not os.path.isfile(rec.path)
                 )
@@ -419,6 +419,6 @@ class Indexer:
 
 def image_ids_of(paths: Sequence[str], collection: Collection) -> np.ndarray:
     """Image ids of indexed files (for tests and tools)."""
-    with collection.db.session(readonly=True) as s:
+    with collection._db.session(readonly=True) as s:
         found = catalog.get_files_by_path(s, paths=list(paths))
     return np.array([found[p].image_id for p in paths if p in found], dtype=np.int64)

@@ -25,23 +25,28 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 
 from retrieval.errors import CatalogError, ModelFormatError, VectorIndexError
+from retrieval.index.contract import VectorIndex
+from retrieval.index.faiss_index import FaissIndex
+from retrieval.index.search import SearchParams
 from retrieval.models.descriptor import Box, DescriptorModel
 from retrieval.store import catalog
 from retrieval.store.catalog import FileInfo, ImageInfo, LabelStat, RegionInfo
 from retrieval.store.db import Database, open_database
 from retrieval.store.keys import image_key
-from retrieval.store.vector_index import VectorIndex
 
 logger = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 SPACES = ("image", "region")
 DEFAULT_DATA_DIR = Path("imsearch-data")
@@ -145,10 +150,10 @@ class Collection:
         index_kind: str,
     ) -> None:
         self.root = root
-        self.db = db
+        self._db = db
         self.model = model
         self.model_id = model_id
-        self.indexes = indexes
+        self._indexes = indexes
         self.index_kind = index_kind
         self._writer_lock = writer_lock
         self._write_mutex = threading.Lock()
@@ -200,6 +205,66 @@ class Collection:
     def writable(self) -> bool:
         return self._writer_lock is not None
 
+    # ------------------------------------------------------------------ catalog access
+    def read(self, fn: Callable[Concatenate[Any, P], T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run a catalog repository function (``retrieval.store.catalog``: session first, then
+        keyword arguments) in one read-only session: ``collection.read(catalog.get_image, image_id=7)``."""
+        with self._db.session(readonly=True) as s:
+            return fn(s, *args, **kwargs)
+
+    def write_catalog(self, fn: Callable[Concatenate[Any, P], T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run a catalog repository function that writes (jobs, failures) in one committed session.
+        Images, files and vectors go through :meth:`write` / :meth:`add_files` / :meth:`remove_images`,
+        which keep the vector indexes in step; this is for the catalog's own bookkeeping."""
+        with self._db.session() as s:
+            return fn(s, *args, **kwargs)
+
+    # ------------------------------------------------------------------ vector access
+    def search(
+        self,
+        space: str,
+        queries: np.ndarray,
+        k: int,
+        *,
+        allowed_ids: np.ndarray | None = None,
+        exclude_ids: np.ndarray | None = None,
+        params: SearchParams | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k ``(D, I)`` in the ``space`` index (``image`` or ``region``); see :class:`VectorIndex`."""
+        return self._index(space).search(
+            queries, k, allowed_ids=allowed_ids, exclude_ids=exclude_ids, params=params
+        )
+
+    def reconstruct(self, space: str, ids: np.ndarray) -> np.ndarray:
+        """Stored full-precision vectors of ``ids`` in the ``space`` index."""
+        return self._index(space).reconstruct(ids)
+
+    def index_ids(self, space: str = "image") -> np.ndarray:
+        """Sorted ids held by the ``space`` index."""
+        return self._index(space).ids()
+
+    def count(self, space: str = "image") -> int:
+        """Vectors in the ``space`` index (``image``: images)."""
+        return len(self._index(space))
+
+    def index_info(self) -> dict[str, dict[str, Any]]:
+        """Per space: the kind asked for, what serves searches (factory), size, shards."""
+        return {
+            space: {"kind": idx.kind, "factory": idx.factory, "size": len(idx)}
+            for space, idx in self._indexes.items()
+        }
+
+    def _index(self, space: str) -> VectorIndex:
+        try:
+            return self._indexes[space]
+        except KeyError:
+            raise CatalogError(f"unknown index space {space!r}; use one of {', '.join(SPACES)}") from None
+
+    @property
+    def dialect(self) -> str:
+        """The catalog's database dialect (``sqlite``, ``postgresql``)."""
+        return self._db.dialect
+
     def index_dir(self, space: str) -> Path:
         return self.root / "index" / space
 
@@ -208,23 +273,23 @@ class Collection:
         """Make each FAISS index hold exactly the catalog's vectors of its space."""
         report = RepairReport()
         for space in SPACES:
-            index = self.indexes[space]
-            with self.db.session(readonly=True) as s:
+            index = self._indexes[space]
+            with self._db.session(readonly=True) as s:
                 wanted = catalog.vector_ids(s, space=space)
             have = index.ids()
             extra = np.setdiff1d(have, wanted, assume_unique=True)
             missing = np.setdiff1d(wanted, have, assume_unique=True)
             if (len(extra) or len(missing)) and not self.writable and self.index_dir(space).exists():
                 # a reader must not touch the writer's files: repair a copy held in memory
-                index = VectorIndex.load(self.index_dir(space), mmap=False)
-                self.indexes[space].close()
-                self.indexes[space] = index
+                index = FaissIndex.load(self.index_dir(space), mmap=False)
+                self._indexes[space].close()
+                self._indexes[space] = index
             if len(extra):
                 index.remove(extra)
                 report.removed[space] = len(extra)
             for start in range(0, len(missing), _REPAIR_CHUNK):
                 chunk = missing[start : start + _REPAIR_CHUNK]
-                with self.db.session(readonly=True) as s:
+                with self._db.session(readonly=True) as s:
                     vectors = catalog.get_vectors(s, space=space, ids=chunk)
                 index.add(chunk, vectors)
             report.added[space] = len(missing)
@@ -252,7 +317,7 @@ class Collection:
         unique = list(by_sha.values())
         with self._write_mutex:
             region_add: tuple[np.ndarray, np.ndarray] | None = None
-            with self.db.session() as s:
+            with self._db.session() as s:
                 known = catalog.get_files_by_path(s, paths=[it.path for it in items if it.path is not None])
                 previous = {path: rec.image_id for path, rec in known.items()}
                 ids = catalog.upsert_images(
@@ -295,15 +360,15 @@ class Collection:
                 orphans = self._orphans(s, previous, ids)
                 removed = catalog.delete_images(s, image_ids=orphans) if len(orphans) else {}
             # catalog committed: now the in-memory indexes (repair() covers a crash right here)
-            self.indexes["image"].add(ids, np.stack([it.descriptor for it in unique]).astype(np.float32))
-            region_index = self.indexes["region"]
+            self._indexes["image"].add(ids, np.stack([it.descriptor for it in unique]).astype(np.float32))
+            region_index = self._indexes["region"]
             stale = np.union1d(removed_regions, removed.get("region", np.zeros(0, dtype=np.int64)))
             if len(stale):
                 region_index.remove(stale)
             if region_add is not None:
                 region_index.add(*region_add)
             if len(removed.get("image", [])):
-                self.indexes["image"].remove(removed["image"])
+                self._indexes["image"].remove(removed["image"])
             self._dirty = True
         return ids
 
@@ -354,7 +419,7 @@ class Collection:
         """Record files whose content is already indexed (duplicates, renamed or touched files)."""
         self._require_writer()
         if files:
-            with self._write_mutex, self.db.session() as s:
+            with self._write_mutex, self._db.session() as s:
                 catalog.upsert_files(s, files=list(files))
                 catalog.clear_failures(s, paths=[f.path for f in files])
 
@@ -365,19 +430,19 @@ class Collection:
         if not len(ids):
             return 0
         with self._write_mutex:
-            with self.db.session() as s:
+            with self._db.session() as s:
                 removed = catalog.delete_images(s, image_ids=ids)
             for space in SPACES:
                 gone = removed.get(space)
                 if gone is not None and len(gone):
-                    self.indexes[space].remove(gone)
+                    self._indexes[space].remove(gone)
             self._dirty = True
         return len(removed.get("image", []))
 
     def remove_files(self, paths: Sequence[str]) -> int:
         """Forget files; images left without any file (and not uploads) are deleted. Returns that count."""
         self._require_writer()
-        with self._write_mutex, self.db.session() as s:
+        with self._write_mutex, self._db.session() as s:
             orphans = catalog.delete_files(s, paths=list(paths))
             keep = [int(i) for i in orphans if (img := catalog.get_image(s, image_id=int(i))) and img.stored_path]
         return self.remove_images(np.setdiff1d(orphans, np.array(keep, dtype=np.int64)))
@@ -387,7 +452,7 @@ class Collection:
         """Persist the FAISS indexes (atomic per index)."""
         self._require_writer()
         with self._write_mutex:
-            for space, index in self.indexes.items():
+            for space, index in self._indexes.items():
                 index.save(self.index_dir(space))
             self._dirty = False
             self._last_save = time.monotonic()
@@ -404,9 +469,9 @@ class Collection:
             if self.writable and self._dirty:
                 self.save()
         finally:
-            for index in self.indexes.values():
+            for index in self._indexes.values():
                 index.close()
-            self.db.dispose()
+            self._db.dispose()
             if self._writer_lock is not None:
                 self._writer_lock.release()
                 self._writer_lock = None
@@ -469,11 +534,11 @@ def _resolve_model(
     return chosen, record.id
 
 
-def _open_index(root: Path, space: str, model: DescriptorModel, kind: str, writable: bool) -> VectorIndex:
+def _open_index(root: Path, space: str, model: DescriptorModel, kind: str, writable: bool) -> FaissIndex:
     directory = root / "index" / space
     if directory.exists():
         try:
-            index = VectorIndex.load(directory)
+            index = FaissIndex.load(directory)
             if index.model_info.get("fingerprint") == model.fingerprint and index.dim == model.meta.dim:
                 return index
             logger.warning("index %s was built with another model: rebuilding it from the catalog", directory)
@@ -482,6 +547,6 @@ def _open_index(root: Path, space: str, model: DescriptorModel, kind: str, writa
             logger.warning("index %s is unreadable (%s): rebuilding it from the catalog", directory, exc)
         if writable:  # a reader rebuilds in memory and leaves the files to the writer
             shutil.rmtree(directory, ignore_errors=True)
-    index = VectorIndex(model.meta.dim, kind=kind)
+    index = FaissIndex(model.meta.dim, kind=kind)
     index.model_info = {"fingerprint": model.fingerprint, "meta": model.meta.to_dict()}
     return index

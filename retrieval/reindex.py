@@ -47,7 +47,7 @@ def _source(collection: Collection, image_id: int, path: str | None, stored: str
             p = p if p.is_absolute() else collection.root / p
             if p.is_file():
                 return p
-    with collection.db.session(readonly=True) as s:
+    with collection._db.session(readonly=True) as s:
         for rec in catalog.get_files(s, image_id=image_id):
             if Path(rec.path).is_file():
                 return Path(rec.path)
@@ -72,7 +72,7 @@ def reindex(
     path = model_path(collection.root, model.fingerprint)
     if not path.is_file():
         model.save(path)
-    with collection.db.session() as s:
+    with collection._db.session() as s:
         record = catalog.register_model(
             s,
             fingerprint=model.fingerprint,
@@ -101,7 +101,7 @@ def reindex(
             f"{len(report.missing)} indexed images cannot be read again ({first} ...); restore the files, or "
             "pass --drop-missing to remove them from the collection; what was staged is kept for the next run"
         )
-    with collection.db.session() as s:
+    with collection._db.session() as s:
         if report.missing:
             catalog.delete_images(s, image_ids=[i for i, _ in report.missing])
             report.dropped = len(report.missing)
@@ -113,7 +113,7 @@ def reindex(
 
 
 def _stage_batch(collection: Collection, ex: Extractor, model_id: int, ids: np.ndarray, report: ReindexReport) -> None:
-    with collection.db.session(readonly=True) as s:
+    with collection._db.session(readonly=True) as s:
         images = catalog.get_images(s, image_ids=ids)
         regions = catalog.get_regions(s, image_ids=ids)
     boxes: dict[int, list[tuple[int, tuple[float, float, float, float]]]] = {}
@@ -138,7 +138,7 @@ def _stage_batch(collection: Collection, ex: Extractor, model_id: int, ids: np.n
             reg_ids.append(rid)
             reg_owner.append(image_id)
             reg_vecs.append(vec)
-    with collection.db.session() as s:
+    with collection._db.session() as s:
         if img_ids:
             catalog.put_vectors(
                 s, space=STAGING["image"], ids=img_ids, image_ids=img_ids, vectors=np.stack(img_vecs), model_id=model_id

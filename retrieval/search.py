@@ -120,10 +120,9 @@ class SearchEngine:
     def describe(self, query: Query) -> tuple[np.ndarray, Box | None]:
         """The query descriptor (the box's region descriptor when a box is given)."""
         if query.image_id is not None and query.box is None:
-            with self.collection.db.session(readonly=True) as s:
-                if catalog.get_image(s, image_id=query.image_id) is None:
-                    raise NotFoundError(f"no indexed image with id {query.image_id}")
-                return catalog.get_vectors(s, space="image", ids=[query.image_id])[0], None
+            if self.collection.read(catalog.get_image, image_id=query.image_id) is None:
+                raise NotFoundError(f"no indexed image with id {query.image_id}")
+            return self.collection.read(catalog.get_vectors, space="image", ids=[query.image_id])[0], None
         source: ImageSource
         if query.image_id is not None:
             source = self.image_file(query.image_id)
@@ -182,23 +181,22 @@ class SearchEngine:
     def _allowed(self, space: str, flt: SearchFilter | None) -> np.ndarray | None:
         if flt is None or flt.is_empty:
             return None
-        with self.collection.db.session(readonly=True) as s:
-            return catalog.resolve_filter(s, space=space, flt=flt)
+        return self.collection.read(catalog.resolve_filter, space=space, flt=flt)
 
     def _vector_search(
         self, vec: np.ndarray, k: int, allowed: np.ndarray | None, exclude: np.ndarray | None, rerank: RerankOptions
     ) -> tuple[np.ndarray, np.ndarray]:
-        index = self.collection.indexes["image"]
+        col = self.collection
         q = np.ascontiguousarray(vec[None, :], dtype=np.float32)
         first_k = max(k, rerank.aqe_n, rerank.shortlist if rerank.dba_n else 0)
-        scores, ids = index.search(q, first_k, allowed_ids=allowed, exclude_ids=exclude)
+        scores, ids = col.search("image", q, first_k, allowed_ids=allowed, exclude_ids=exclude)
         if rerank.aqe_n:
             top = ids[0, : rerank.aqe_n]
             top = top[top >= 0]
             if len(top):
-                neigh = index.reconstruct(top)[None]
+                neigh = col.reconstruct("image", top)[None]
                 q = weighted_average(q, neigh, scores[:, : len(top)], rerank.alpha)
-                scores, ids = index.search(q, first_k, allowed_ids=allowed, exclude_ids=exclude)
+                scores, ids = col.search("image", q, first_k, allowed_ids=allowed, exclude_ids=exclude)
         if rerank.dba_n:
             scores, ids = self._dba(q, scores[0], ids[0], rerank)
             return scores, ids
@@ -207,19 +205,19 @@ class SearchEngine:
     def _dba(
         self, q: np.ndarray, scores: np.ndarray, ids: np.ndarray, rerank: RerankOptions
     ) -> tuple[np.ndarray, np.ndarray]:
-        index = self.collection.indexes["image"]
+        col = self.collection
         cand = ids[(ids >= 0)][: rerank.shortlist]
         if not len(cand):
             return scores, ids
-        vectors = index.reconstruct(cand)
-        nsims, nids = index.search(np.ascontiguousarray(vectors), rerank.dba_n + 1)
+        vectors = col.reconstruct("image", cand)
+        nsims, nids = col.search("image", np.ascontiguousarray(vectors), rerank.dba_n + 1)
         neigh = np.zeros((len(cand), rerank.dba_n, vectors.shape[1]), dtype=np.float32)
         sims = np.full((len(cand), rerank.dba_n), np.nan, dtype=np.float32)
         for row in range(len(cand)):
             others = [(s, i) for s, i in zip(nsims[row], nids[row], strict=True) if i >= 0 and i != cand[row]]
             others = others[: rerank.dba_n]
             if others:
-                neigh[row, : len(others)] = index.reconstruct(np.array([i for _, i in others], dtype=np.int64))
+                neigh[row, : len(others)] = col.reconstruct("image", np.array([i for _, i in others], dtype=np.int64))
                 sims[row, : len(others)] = [s for s, _ in others]
         augmented = weighted_average(vectors, neigh, sims, rerank.alpha)
         new_scores = augmented @ q[0]
@@ -229,16 +227,15 @@ class SearchEngine:
     def _object_search(
         self, vec: np.ndarray, k: int, flt: SearchFilter | None, exclude: np.ndarray | None
     ) -> dict[int, tuple[float, Box, int, str | None]]:
-        index = self.collection.indexes["region"]
-        if not len(index):
+        if not self.collection.count("region"):
             return {}
         allowed = self._allowed("region", flt)
-        scores, rids = index.search(np.ascontiguousarray(vec[None, :], dtype=np.float32), 4 * k, allowed_ids=allowed)
+        q = np.ascontiguousarray(vec[None, :], dtype=np.float32)
+        scores, rids = self.collection.search("region", q, 4 * k, allowed_ids=allowed)
         valid = [(float(s), int(r)) for s, r in zip(scores[0], rids[0], strict=True) if r >= 0]
         if not valid:
             return {}
-        with self.collection.db.session(readonly=True) as s:
-            records = catalog.get_regions_by_id(s, region_ids=[r for _, r in valid])
+        records = self.collection.read(catalog.get_regions_by_id, region_ids=[r for _, r in valid])
         best: dict[int, tuple[float, Box, int, str | None]] = {}
         skip = set(exclude.tolist()) if exclude is not None else set()
         for (score, rid), rec in zip(valid, records, strict=True):
@@ -252,9 +249,8 @@ class SearchEngine:
         if not ranked:
             return []
         ids = [i for i, _ in ranked]
-        with self.collection.db.session(readonly=True) as s:
-            images = catalog.get_images(s, image_ids=ids)
-            labels = catalog.get_labels(s, image_ids=ids)
+        images = self.collection.read(catalog.get_images, image_ids=ids)
+        labels = self.collection.read(catalog.get_labels, image_ids=ids)
         hits = []
         for (image_id, (score, box, rid, rlabel)), rec in zip(ranked, images, strict=True):
             if rec is None:  # deleted between the vector search and now
@@ -268,8 +264,7 @@ class SearchEngine:
 
     # ------------------------------------------------------------------ collection views
     def image(self, image_id: int) -> ImageRecord:
-        with self.collection.db.session(readonly=True) as s:
-            rec = catalog.get_image(s, image_id=image_id)
+        rec = self.collection.read(catalog.get_image, image_id=image_id)
         if rec is None:
             raise NotFoundError(f"no indexed image with id {image_id}")
         return rec
@@ -278,8 +273,7 @@ class SearchEngine:
         """Where the original of an indexed image can be read."""
         rec = self.image(image_id)
         candidates = [rec.stored_path, rec.path]
-        with self.collection.db.session(readonly=True) as s:
-            candidates += [f.path for f in catalog.get_files(s, image_id=image_id)]
+        candidates += [f.path for f in self.collection.read(catalog.get_files, image_id=image_id)]
         for cand in candidates:
             if cand:
                 path = Path(cand)
@@ -290,15 +284,14 @@ class SearchEngine:
         raise NotFoundError(f"the original of image {image_id} is no longer on disk (last seen at {rec.path})")
 
     def labels(self, min_score: float = 0.0) -> list[tuple[str, int]]:
-        with self.collection.db.session(readonly=True) as s:
-            return catalog.label_counts(s, min_score=min_score)
+        return self.collection.read(catalog.label_counts, min_score=min_score)
 
     def duplicates(self, threshold: float = 0.95, *, neighbours: int = 16, batch: int = 4096) -> list[DuplicateGroup]:
         """Groups of near-duplicate images: connected components of pairs scoring >= threshold."""
         if not 0.0 < threshold <= 1.0:
             raise ImsearchError(f"threshold must be within (0, 1], got {threshold}")
-        index = self.collection.indexes["image"]
-        ids = index.ids()
+        col = self.collection
+        ids = col.index_ids("image")
         parent = {int(i): int(i) for i in ids}
 
         def find(x: int) -> int:
@@ -310,7 +303,7 @@ class SearchEngine:
         lowest: dict[tuple[int, int], float] = {}
         for start in range(0, len(ids), batch):
             chunk = ids[start : start + batch]
-            sims, nids = index.search(index.reconstruct(chunk), neighbours)
+            sims, nids = col.search("image", col.reconstruct("image", chunk), neighbours)
             for a, row_s, row_i in zip(chunk, sims, nids, strict=True):
                 for s, b in zip(row_s, row_i, strict=True):
                     if b < 0 or b == a or s < threshold:
@@ -325,19 +318,17 @@ class SearchEngine:
             groups.setdefault(find(i), []).append(i)
         members = [sorted(g) for g in groups.values() if len(g) > 1]
         out = []
-        with self.collection.db.session(readonly=True) as s:
-            for group in members:
-                recs = catalog.get_images(s, image_ids=group)
-                scores = [v for (a, _), v in lowest.items() if a in group]
-                out.append(
-                    DuplicateGroup(tuple(group), tuple(r.path if r else None for r in recs), min(scores, default=1.0))
-                )
+        for group in members:
+            recs = self.collection.read(catalog.get_images, image_ids=group)
+            scores = [v for (a, _), v in lowest.items() if a in group]
+            out.append(
+                DuplicateGroup(tuple(group), tuple(r.path if r else None for r in recs), min(scores, default=1.0))
+            )
         out.sort(key=lambda g: (-len(g.image_ids), g.image_ids))
         return out
 
     def stats(self) -> dict[str, Any]:
-        with self.collection.db.session(readonly=True) as s:
-            st = catalog.stats(s)
+        st = self.collection.read(catalog.stats)
         return {
             "images": st.images,
             "files": st.files,
@@ -348,16 +339,12 @@ class SearchEngine:
             "model": self.collection.model.meta.describe(),
             "model_fingerprint": self.collection.model.fingerprint,
             "dim": self.collection.model.meta.dim,
-            "index": {
-                space: {"kind": idx.kind, "factory": idx.factory, "size": len(idx)}
-                for space, idx in self.collection.indexes.items()
-            },
-            "database": self.collection.db.dialect,
+            "index": self.collection.index_info(),
+            "database": self.collection.dialect,
             "data_dir": str(self.collection.root),
         }
 
     def iter_images(self, batch: int = 1000) -> Iterator[Sequence[ImageRecord]]:
-        ids = self.collection.indexes["image"].ids()
+        ids = self.collection.index_ids("image")
         for start in range(0, len(ids), batch):
-            with self.collection.db.session(readonly=True) as s:
-                yield [r for r in catalog.get_images(s, image_ids=ids[start : start + batch]) if r]
+            yield [r for r in self.collection.read(catalog.get_images, image_ids=ids[start : start + batch]) if r]

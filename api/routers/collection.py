@@ -27,7 +27,7 @@ router = APIRouter(tags=["collection"], dependencies=ReadAccess)
 @health_router.get("/health", summary="Liveness and readiness", responses=problems(503))
 async def health(engine: EngineDep) -> Health:
     """200 once the collection is open (no key, no rate limit: for load balancers)."""
-    return Health(status="ok", version=__version__, images=len(engine.collection.indexes["image"]))
+    return Health(status="ok", version=__version__, images=engine.collection.count("image"))
 
 
 @router.get("/stats", summary="Collection statistics", responses=problems(*READ_ERRORS))

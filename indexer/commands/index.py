@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGINT, previous)
         for line in summary.lines():
             print(line)
-        print(f"collection: {collection.root} ({len(collection.indexes['image'])} images)")
+        print(f"collection: {collection.root} ({collection.count('image')} images)")
         return 130 if summary.interrupted else 0
     finally:
         collection.close()

@@ -72,11 +72,10 @@ def _whitened(collection: Any, model: Any, args: argparse.Namespace) -> Any:
         sources = [e.path for e in scan([args.whiten_from]) if isinstance(e, FileEntry)]
         origin = f"folder {args.whiten_from}"
     else:
-        ids = collection.indexes["image"].ids()
+        ids = collection.index_ids("image")
         rng = np.random.default_rng(0)
         picked = rng.choice(ids, size=min(args.whiten_sample, len(ids)), replace=False) if len(ids) else ids
-        with collection.db.session(readonly=True) as s:
-            records = catalog.get_images(s, image_ids=picked)
+        records = collection.read(catalog.get_images, image_ids=picked)
         sources = [r.path for r in records if r is not None and r.path]
         origin = f"{len(sources)} images of the collection"
     if len(sources) < 2:
@@ -138,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     reopened = Collection.open(args.data_dir, db_url=args.db)  # rebuilds the FAISS indexes for the new model
     try:
-        n = len(reopened.indexes["image"])
+        n = reopened.count("image")
     finally:
         reopened.close()
     print(

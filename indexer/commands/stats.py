@@ -26,8 +26,7 @@ def run(args: argparse.Namespace) -> int:
         stats = engine.stats()
         failures = []
         if args.failures:
-            with engine.collection.db.session(readonly=True) as s:
-                failures = [(f.path, f.reason) for f in catalog.list_failures(s, limit=args.failures)]
+            failures = [(f.path, f.reason) for f in engine.collection.read(catalog.list_failures, limit=args.failures)]
     finally:
         engine.close()
     if args.json:

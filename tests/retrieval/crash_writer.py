@@ -33,8 +33,8 @@ def main() -> None:
         import numpy as np
 
         ids = np.array([im.image_id for im in images], dtype=np.int64)
-        collection.indexes["image"].add(ids, np.stack([im.descriptor for im in images]))
-        collection.indexes["image"].save(collection.index_dir("image"))
+        collection._indexes["image"].add(ids, np.stack([im.descriptor for im in images]))
+        collection._indexes["image"].save(collection.index_dir("image"))
         print("INDEX-SAVED", flush=True)
     else:
         raise SystemExit(f"unknown mode {mode}")

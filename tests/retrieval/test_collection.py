@@ -24,27 +24,26 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _ids(collection: Collection, space: str = "image") -> tuple[np.ndarray, np.ndarray]:
-    with collection.db.session(readonly=True) as s:
-        return catalog.vector_ids(s, space=space), collection.indexes[space].ids()
+    return collection.read(catalog.vector_ids, space=space), collection.index_ids(space)
 
 
 def test_add_remove_readd_and_restart(tmp_path: Path, catalog_url: str) -> None:
     images = synthetic_images(60)
     with Collection.open(tmp_path / "c", db_url=catalog_url, model=tiny_model()) as col:
         ids = col.write(images[:40])
-        assert len(set(ids.tolist())) == 40 and len(col.indexes["image"]) == 40
-        assert len(col.indexes["region"]) == 40
+        assert len(set(ids.tolist())) == 40 and col.count("image") == 40
+        assert col.count("region") == 40
         col.write(images[40:])
         assert col.remove_images(ids[:10]) == 10
-        assert len(col.indexes["image"]) == 50 and len(col.indexes["region"]) == 50
+        assert col.count("image") == 50 and col.count("region") == 50
         col.write(images[:5])  # re-add without a rebuild
         cat, idx = _ids(col)
         assert np.array_equal(cat, idx) and len(idx) == 55
-        before = col.indexes["image"].search(images[7].descriptor[None], 5)
+        before = col.search("image", images[7].descriptor[None], 5)
     with Collection.open(tmp_path / "c", db_url=catalog_url) as col:  # restart: same content, same results
         cat, idx = _ids(col)
         assert np.array_equal(cat, idx) and len(idx) == 55
-        after = col.indexes["image"].search(images[7].descriptor[None], 5)
+        after = col.search("image", images[7].descriptor[None], 5)
         assert np.array_equal(before[1], after[1])
         np.testing.assert_allclose(before[0], after[0], atol=1e-6)
         cat_r, idx_r = _ids(col, "region")
@@ -94,7 +93,7 @@ def test_one_writer_at_a_time(tmp_path: Path) -> None:
         with pytest.raises(CatalogError, match="another imsearch process"):
             Collection.open(tmp_path / "c")
         reader = Collection.open(tmp_path / "c", writable=False)  # readers are welcome
-        assert len(reader.indexes["image"]) == 2
+        assert reader.count("image") == 2
         reader.close()
 
 

@@ -100,7 +100,7 @@ def test_labels_filters_and_object_search(engine: SearchEngine, photos: Path) ->
     assert len(none.hits) == n_images - labels[top_label]
     objects = engine.search(Query(image=query), k=5, objects=True)
     assert len(objects.hits) == 5
-    assert any(hit.box is not None for hit in objects.hits) or engine.collection.indexes["region"].ids().size == 0
+    assert any(hit.box is not None for hit in objects.hits) or engine.collection.count("region") == 0
 
 
 def test_reranking_options(engine: SearchEngine, photos: Path) -> None:

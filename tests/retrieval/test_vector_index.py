@@ -1,4 +1,4 @@
-"""VectorIndex against a float64 NumPy brute force, with real FAISS and seeded synthetic data."""
+"""FaissIndex against a float64 NumPy brute force, with real FAISS and seeded synthetic data."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import pytest
 from faiss.contrib.datasets import SyntheticDataset
 
 from retrieval.errors import UnknownNameError, VectorIndexError
-from retrieval.store import vector_index_faiss as vf
-from retrieval.store.vector_index import SearchParams, VectorIndex
+from retrieval.index import structures as vf
+from retrieval.index.faiss_index import FaissIndex, SearchParams
 
 DIM = 64
 N = 12_000  # >= the ivfpq training minimum, so every kind builds its ANN structure
@@ -45,7 +45,7 @@ def saved(data: Data, tmp_path_factory: pytest.TempPathFactory) -> Saved:
     ids, xb, _ = data
     out = {}
     for kind in KINDS:
-        index = VectorIndex(DIM, kind=kind)
+        index = FaissIndex(DIM, kind=kind)
         index.add(ids, xb)
         out[kind] = tmp_path_factory.mktemp("saved") / "index"
         index.save(out[kind])
@@ -53,8 +53,8 @@ def saved(data: Data, tmp_path_factory: pytest.TempPathFactory) -> Saved:
     return out
 
 
-def fresh(saved: Saved, kind: str) -> VectorIndex:
-    return VectorIndex.load(saved[kind], mmap=False)  # RAM copy: free to mutate
+def fresh(saved: Saved, kind: str) -> FaissIndex:
+    return FaissIndex.load(saved[kind], mmap=False)  # RAM copy: free to mutate
 
 
 def brute(
@@ -163,12 +163,12 @@ def test_exclude_ids(data: Data, saved: Saved, kind: str) -> None:
 
 def test_k_larger_than_collection_pads(data: Data) -> None:
     ids, xb, xq = data
-    index = VectorIndex(DIM, kind="flat")
+    index = FaissIndex(DIM, kind="flat")
     index.add(ids[:4], xb[:4])
     scores, found = index.search(xq[:3], 6)
     assert_exact((scores, found), xb[:4], ids[:4], xq[:3], 6)
     assert (found[:, 4:] == -1).all()
-    scores, found = VectorIndex(DIM).search(xq[:2], 2)
+    scores, found = FaissIndex(DIM).search(xq[:2], 2)
     assert (found == -1).all() and np.isneginf(scores).all()
 
 
@@ -221,7 +221,7 @@ def test_save_load_round_trip(data: Data, saved: Saved, kind: str, mmap: bool, t
     allowed = ids[::7]
     before = [index.search(xq, 10), index.search(xq, 10, allowed_ids=allowed, params=FORCE_FAISS)]
     index.save(tmp_path / "ix")
-    loaded = VectorIndex.load(tmp_path / "ix", mmap=mmap)
+    loaded = FaissIndex.load(tmp_path / "ix", mmap=mmap)
     after = [loaded.search(xq, 10), loaded.search(xq, 10, allowed_ids=allowed, params=FORCE_FAISS)]
     for (D0, I0), (D1, I1) in zip(before, after, strict=True):
         np.testing.assert_array_equal(I0, I1)
@@ -239,7 +239,7 @@ def test_on_disk_vectors_are_read_not_mapped(data: Data, tmp_path: Path) -> None
     rows appended since the save) come back exact, and the file is never mapped into the process
     (its pages stay in the page cache, out of the server's resident memory)."""
     ids, xb, xq = data
-    index = VectorIndex(DIM, kind="ivfsq")
+    index = FaissIndex(DIM, kind="ivfsq")
     index.add(ids[:8000], xb[:8000])
     index.save(tmp_path / "ix")
     index.add(ids[8000:], xb[8000:])  # appended to the file beyond the committed rows
@@ -261,7 +261,7 @@ def test_on_disk_vectors_are_read_not_mapped(data: Data, tmp_path: Path) -> None
 def test_incremental_save_and_compaction(data: Data, tmp_path: Path) -> None:
     ids, xb, xq = data
     d = tmp_path / "ix"
-    index = VectorIndex(DIM, kind="ivf")
+    index = FaissIndex(DIM, kind="ivf")
     index.add(ids[:6000], xb[:6000])
     index.save(d)
     index.add(ids[6000:], xb[6000:])  # appended to the memory-mapped vectors file
@@ -269,7 +269,7 @@ def test_incremental_save_and_compaction(data: Data, tmp_path: Path) -> None:
     index.save(d)
     meta = json.loads((d / "meta.json").read_text())
     assert meta["rows"] == N and meta["count"] == N - 100
-    reloaded = VectorIndex.load(d)
+    reloaded = FaissIndex.load(d)
     np.testing.assert_array_equal(reloaded.search(xq, 10)[1], index.search(xq, 10)[1])
     reloaded.remove(ids[100:4000])  # > 20 % holes: the next save compacts
     expected = reloaded.search(xq, 10)
@@ -280,9 +280,9 @@ def test_incremental_save_and_compaction(data: Data, tmp_path: Path) -> None:
     assert sorted(p.name for p in d.iterdir() if not p.name.startswith(".")) == sorted(
         ["meta.json", *meta["files"].values()]
     )  # older generations collected
-    for got in (reloaded.search(xq, 10), VectorIndex.load(d).search(xq, 10)):
+    for got in (reloaded.search(xq, 10), FaissIndex.load(d).search(xq, 10)):
         np.testing.assert_array_equal(got[1], expected[1])
-    np.testing.assert_array_equal(VectorIndex.load(d).reconstruct(ids[4000:]), xb[4000:])
+    np.testing.assert_array_equal(FaissIndex.load(d).reconstruct(ids[4000:]), xb[4000:])
 
 
 def test_hnsw_tombstones_are_rebuilt_on_save(data: Data, saved: Saved, tmp_path: Path) -> None:
@@ -295,30 +295,30 @@ def test_hnsw_tombstones_are_rebuilt_on_save(data: Data, saved: Saved, tmp_path:
     meta = json.loads((tmp_path / "ix" / "meta.json").read_text())
     assert meta["dead"] == 0 and meta["count"] == N - N // 3
     keep = slice(N // 3, None)
-    _, found = VectorIndex.load(tmp_path / "ix").search(xq, 10)
+    _, found = FaissIndex.load(tmp_path / "ix").search(xq, 10)
     assert recall(found, brute(xb[keep], ids[keep], xq, 10)[1]) >= 0.9
 
 
 def test_second_writer_is_refused(data: Data, tmp_path: Path) -> None:
     ids, xb, _ = data
-    a = VectorIndex(DIM, kind="flat")
+    a = FaissIndex(DIM, kind="flat")
     a.add(ids[:100], xb[:100])
     a.save(tmp_path / "ix")
-    b = VectorIndex.load(tmp_path / "ix")
+    b = FaissIndex.load(tmp_path / "ix")
     b.add(ids[100:200], xb[100:200])  # b now owns the directory until it saves
-    with pytest.raises(VectorIndexError, match="another VectorIndex"):
+    with pytest.raises(VectorIndexError, match="another FaissIndex"):
         a.add(ids[200:300], xb[200:300])
     b.save(tmp_path / "ix")
     with pytest.raises(VectorIndexError, match="saved by another writer"):
         a.add(ids[200:300], xb[200:300])  # a's view of the directory is stale
-    assert len(VectorIndex.load(tmp_path / "ix")) == 200
+    assert len(FaissIndex.load(tmp_path / "ix")) == 200
 
 
 CRASH_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys
     import numpy as np
-    from retrieval.store.vector_index import VectorIndex
+    from retrieval.index.faiss_index import FaissIndex
     directory, when = sys.argv[1], sys.argv[2]
     real_replace = os.replace
     def replace(src, dst):
@@ -328,7 +328,7 @@ CRASH_SCRIPT = textwrap.dedent(
         if when == "after-commit" and str(dst).endswith("meta.json"):
             os.kill(os.getpid(), signal.SIGKILL)  # committed, old generation not yet collected
     os.replace = replace
-    index = VectorIndex.load(directory)
+    index = FaissIndex.load(directory)
     rng = np.random.default_rng(5)
     x = rng.standard_normal((3000, index.dim)).astype(np.float32)
     index.add(np.arange(10**12, 10**12 + 3000), x / np.linalg.norm(x, axis=1, keepdims=True))
@@ -350,14 +350,14 @@ def test_save_survives_a_crash(data: Data, saved: Saved, tmp_path: Path, when: s
         [sys.executable, "-c", CRASH_SCRIPT, str(d), when], capture_output=True, timeout=120, check=False
     )
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]
-    loaded = VectorIndex.load(d)
+    loaded = FaissIndex.load(d)
     assert len(loaded) == count
     if when == "before-commit":
         np.testing.assert_array_equal(loaded.search(xq, 10)[1], expected[1])
         np.testing.assert_array_equal(loaded.ids(), np.sort(ids))
     loaded.add(ids[:1], xq[:1])
     loaded.save(d)  # writing over the leftovers works, and collects them
-    assert len(VectorIndex.load(d)) == len(loaded)
+    assert len(FaissIndex.load(d)) == len(loaded)
 
 
 def test_leftover_temp_files_do_not_break_loading(data: Data, saved: Saved, tmp_path: Path) -> None:
@@ -368,7 +368,7 @@ def test_leftover_temp_files_do_not_break_loading(data: Data, saved: Saved, tmp_
     (d / "meta.json.tmp").write_text('{"format": "imsearch-vector-index", "trunc')
     (d / "index-000099.faiss.tmp").write_bytes(b"\x00" * 100)
     (d / "vectors-000099.f32").write_bytes(b"\x01" * 1000)
-    loaded = VectorIndex.load(d)
+    loaded = FaissIndex.load(d)
     np.testing.assert_array_equal(loaded.search(xq, 5)[1], v1.search(xq, 5)[1])
     loaded.save(d)
     assert not (d / "meta.json.tmp").exists() and not (d / "vectors-000099.f32").exists()
@@ -422,15 +422,15 @@ def _corrupt(d: Path, how: str) -> None:
 )
 def test_load_rejects_corrupt_directories(data: Data, tmp_path: Path, how: str, message: str) -> None:
     ids, xb, _ = data
-    index = VectorIndex(DIM, kind="flat")
+    index = FaissIndex(DIM, kind="flat")
     index.add(ids[:500], xb[:500])
     index.save(tmp_path / "ix")
     index.close()
     _corrupt(tmp_path / "ix", how)
     with pytest.raises(VectorIndexError, match=message):
-        VectorIndex.load(tmp_path / "ix")
+        FaissIndex.load(tmp_path / "ix")
     with pytest.raises(VectorIndexError, match="not a directory"):
-        VectorIndex.load(tmp_path / "nothing-here")
+        FaissIndex.load(tmp_path / "nothing-here")
 
 
 # ---------------------------------------------------------------------- kinds and policy
@@ -438,7 +438,7 @@ def test_auto_switches_from_exact_to_ivfsq_at_50k() -> None:
     ds = SyntheticDataset(16, 0, 60_000, 40, seed=3)
     xb, xq = normalized(ds.get_database()), normalized(ds.get_queries())
     ids = np.arange(60_000, dtype=np.int64) * 7 + 11
-    index = VectorIndex(16)
+    index = FaissIndex(16)
     index.add(ids[:49_999], xb[:49_999])
     assert index.factory == vf.FLAT and index.trained_size == 0
     index.add(ids[49_999:], xb[49_999:])  # crosses 50k: trained from the stored vectors
@@ -455,7 +455,7 @@ def test_ivf_retrains_when_grown_4x() -> None:
     ds = SyntheticDataset(16, 0, 16_000, 40, seed=4)
     xb, xq = normalized(ds.get_database()), normalized(ds.get_queries())
     ids = np.arange(16_000, dtype=np.int64) * 3 + 1
-    index = VectorIndex(16, kind="ivf")
+    index = FaissIndex(16, kind="ivf")
     index.add(ids[:999], xb[:999])
     assert index.factory == vf.FLAT  # exact until trainable
     assert_exact(index.search(xq[:5], 10), xb[:999], ids[:999], xq[:5], 10)
@@ -468,7 +468,7 @@ def test_ivf_retrains_when_grown_4x() -> None:
     assert recall(index.search(xq, 10)[1], brute(xb, ids, xq, 10)[1]) >= 0.9
     index.remove(ids[:12_000])  # shrinking keeps the trained structure
     assert index.factory == "IVF410,Flat" and len(index) == 4000
-    pq = VectorIndex(16, kind="ivfpq")
+    pq = FaissIndex(16, kind="ivfpq")
     pq.add(ids[:9999], xb[:9999])
     assert pq.factory == vf.FLAT
     pq.add(ids[9999:10_000], xb[9999:10_000])
@@ -477,7 +477,7 @@ def test_ivf_retrains_when_grown_4x() -> None:
 
 def test_ivfpq_bytes_per_vector(data: Data, saved: Saved) -> None:
     ids, _, xq = data
-    index = VectorIndex.load(saved["ivfpq"])  # vectors memory-mapped, on disk
+    index = FaissIndex.load(saved["ivfpq"])  # vectors memory-mapped, on disk
     usage = index.memory_usage()
     nlist = vf.ivf_nlist(N, 2.0)
     m = vf.pq_m(DIM, N, nlist)
@@ -500,20 +500,20 @@ def test_ivfpq_bytes_per_vector(data: Data, saved: Saved) -> None:
 
 def test_unknown_kinds_and_gpu() -> None:
     with pytest.raises(UnknownNameError, match=r"valid index kinds: .*auto, flat, hnsw, ivf, ivfpq, ivfsq"):
-        VectorIndex(8, kind="hsnw")
+        FaissIndex(8, kind="hsnw")
     with pytest.raises(VectorIndexError, match="invalid FAISS factory string"):
-        VectorIndex(8, kind="IVF10,PQ3")  # 3 does not divide 8
+        FaissIndex(8, kind="IVF10,PQ3")  # 3 does not divide 8
     with pytest.raises(VectorIndexError, match="only supported in front of an IVF"):
-        VectorIndex(8, kind="PCA4,HNSW8")
+        FaissIndex(8, kind="PCA4,HNSW8")
     if faiss.get_num_gpus() == 0:
         with pytest.raises(VectorIndexError, match="sees no GPU"):
-            VectorIndex(8, gpu=True)
-    assert VectorIndex(8, kind="HNSW8,Flat").factory == "HNSW8,Flat"
+            FaissIndex(8, gpu=True)
+    assert FaissIndex(8, kind="HNSW8,Flat").factory == "HNSW8,Flat"
 
 
 def test_validation_errors(data: Data) -> None:
     ids, xb, xq = data
-    index = VectorIndex(DIM, kind="flat")
+    index = FaissIndex(DIM, kind="flat")
     bad_adds = [
         (ids[:2], xb[:2].astype(np.float64), "must be float32"),
         (ids[:1], xb[0], "must be 2-D"),
@@ -550,7 +550,7 @@ def test_validation_errors(data: Data) -> None:
         with pytest.raises(VectorIndexError, match="SearchParams"):
             SearchParams(**bad)
     with pytest.raises(VectorIndexError, match="dim must be a positive int"):
-        VectorIndex(0)
+        FaissIndex(0)
     with pytest.raises(VectorIndexError, match="model_info must be a dict"):
         index.model_info = ["resnet"]  # type: ignore[assignment]
 

@@ -1,6 +1,6 @@
 """Search algorithms of the vector index: filtered FAISS search, exact re-ranking, exact fallback.
 
-Everything here works on store *rows*; :class:`~retrieval.store.vector_index.VectorIndex`
+Everything here works on store *rows*; :class:`~retrieval.index.faiss_index.FaissIndex`
 translates catalog ids to rows and back.
 
 Filters: the allowed (and not excluded, not removed) rows become a bitmap handed to FAISS as
@@ -24,8 +24,8 @@ import faiss
 import numpy as np
 
 from retrieval.errors import VectorIndexError
-from retrieval.store.vector_index_faiss import Structure
-from retrieval.store.vector_index_store import RowStore
+from retrieval.index.rowstore import RowStore
+from retrieval.index.structures import Structure
 
 _faiss: Any = faiss  # the stubs miss IDSelectorBitmap(ndarray)
 EXACT_CHUNK = 32_768  # rows per brute-force block

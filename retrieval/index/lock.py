@@ -62,9 +62,9 @@ class RWLock:
 class DirLock:
     """Exclusive ``flock`` on ``<directory>/.writer.lock``.
 
-    A VectorIndex holds it from its first append to a memory-mapped vectors file until the save
+    A FaissIndex holds it from its first append to a memory-mapped vectors file until the save
     that commits those rows (and during every save). Two writers appending to the same file
-    would corrupt each other's rows, so a second writer (another process, or another VectorIndex
+    would corrupt each other's rows, so a second writer (another process, or another FaissIndex
     in this one) gets a clear error instead.
     """
 
@@ -78,7 +78,7 @@ class DirLock:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             raise VectorIndexError(
-                f"index directory {directory} is being written by another VectorIndex (pid {holder}); "
+                f"index directory {directory} is being written by another FaissIndex (pid {holder}); "
                 "close() that one first, or save to another directory"
             ) from exc
         os.ftruncate(fd, 0)

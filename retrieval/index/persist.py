@@ -6,7 +6,7 @@ Layout (``G`` = save generation, 6 digits)::
     index-G.faiss        the FAISS structure (labels = rows)
     rowids-G.i64         catalog id of every row, -1 for holes (int64, native order)
     vectors-G.f32        full-precision rows (float32, row-major); append-only between compactions
-    .writer.lock         flock held by the writing VectorIndex
+    .writer.lock         flock held by the writing FaissIndex
 
 A save writes every new file under a temporary name, fsyncs it, renames it, then replaces
 ``meta.json`` the same way and fsyncs the directory: until that last rename the previous
@@ -29,9 +29,9 @@ import faiss
 import numpy as np
 
 from retrieval.errors import VectorIndexError
-from retrieval.store.vector_index_faiss import Structure, build_from_store
-from retrieval.store.vector_index_lock import LOCK_NAME
-from retrieval.store.vector_index_store import RowStore
+from retrieval.index.lock import LOCK_NAME
+from retrieval.index.rowstore import RowStore
+from retrieval.index.structures import Structure, build_from_store
 
 logger = logging.getLogger(__name__)
 

@@ -7,10 +7,10 @@ results exist. Filters (``allowed_ids``) are applied inside the FAISS search, so
 back whenever k allowed vectors exist.
 
 The SQL catalog is the source of truth; this index is a persisted, rebuildable structure. Its
-full-precision vectors live in a sidecar store (``vector_index_store``) used for
+full-precision vectors live in a sidecar store (``retrieval.index.rowstore``) used for
 ``reconstruct``, training/retraining and exact re-ranking of compressed kinds; which FAISS
-structure serves which kind and size is documented in ``vector_index_faiss``; the directory
-layout and crash-safe save in ``vector_index_io``; the search algorithm in ``vector_index_search``.
+structure serves which kind and size is documented in ``retrieval.index.structures``; the directory
+layout and crash-safe save in ``retrieval.index.persist``; the search algorithm in ``retrieval.index.search``.
 
 Memory: a new index keeps its full vectors in RAM until its first ``save``; after ``save`` or
 ``load(mmap=True)`` they stay on disk in the directory and are read on demand (``pread``:
@@ -34,21 +34,21 @@ import faiss
 import numpy as np
 
 from retrieval.errors import UnknownNameError, VectorIndexError
-from retrieval.store import vector_index_io as io
-from retrieval.store.vector_index_checks import check_dim, check_ids, check_k, check_vectors
-from retrieval.store.vector_index_faiss import FLAT, Policy, Structure, build_from_store, create, to_gpu
-from retrieval.store.vector_index_lock import DirLock, RWLock
-from retrieval.store.vector_index_search import SearchParams, search_rows, selection_mask
-from retrieval.store.vector_index_store import RowStore
+from retrieval.index import persist as io
+from retrieval.index.checks import check_dim, check_ids, check_k, check_vectors
+from retrieval.index.lock import DirLock, RWLock
+from retrieval.index.rowstore import RowStore
+from retrieval.index.search import SearchParams, search_rows, selection_mask
+from retrieval.index.structures import FLAT, Policy, Structure, build_from_store, create, to_gpu
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["COMPACT_FRACTION", "SearchParams", "VectorIndex"]
+__all__ = ["COMPACT_FRACTION", "FaissIndex", "SearchParams"]
 
 COMPACT_FRACTION = 0.2  # save() compacts when more than this fraction of rows are holes
 
 
-class VectorIndex:
+class FaissIndex:
     """FAISS vector index over catalog ids; see the module docstring for the contract.
 
     ``kind``: ``"auto"`` (exact below 50k vectors, then IVF-SQ8 retrained at x4 growth), ``"flat"``,
@@ -111,7 +111,7 @@ class VectorIndex:
         return self._store.n_live
 
     def __repr__(self) -> str:
-        return f"VectorIndex(dim={self._dim}, kind={self.kind!r}, factory={self.factory!r}, n={len(self)})"
+        return f"FaissIndex(dim={self._dim}, kind={self.kind!r}, factory={self.factory!r}, n={len(self)})"
 
     # ------------------------------------------------------------------ reads
     def ids(self) -> np.ndarray:
@@ -224,7 +224,7 @@ class VectorIndex:
             self._store.close()
             self._unlock_directory()
 
-    def __enter__(self) -> VectorIndex:
+    def __enter__(self) -> FaissIndex:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -232,7 +232,7 @@ class VectorIndex:
 
     # ------------------------------------------------------------------ persistence
     def save(self, directory: str | Path) -> None:
-        """Write the index to ``directory`` atomically (see ``vector_index_io``); compacts holes."""
+        """Write the index to ``directory`` atomically (see ``retrieval.index.persist``); compacts holes."""
         path = Path(directory)
         with self._lock.write():
             try:
@@ -256,7 +256,7 @@ class VectorIndex:
             self._unlock_directory()
 
     @classmethod
-    def load(cls, directory: str | Path, *, mmap: bool = True, gpu: bool | None = None) -> VectorIndex:
+    def load(cls, directory: str | Path, *, mmap: bool = True, gpu: bool | None = None) -> FaissIndex:
         """Open a saved index. ``mmap=True``: full vectors stay on disk (read on demand);
         ``mmap=False``: they are read into RAM. A corrupt or inconsistent directory raises
         :class:`VectorIndexError`."""

@@ -1,6 +1,6 @@
-"""The FAISS structure behind :class:`~retrieval.store.vector_index.VectorIndex`.
+"""The FAISS structure behind :class:`~retrieval.index.faiss_index.FaissIndex`.
 
-FAISS labels are *rows* of the sidecar :class:`~retrieval.store.vector_index_store.RowStore`
+FAISS labels are *rows* of the sidecar :class:`~retrieval.index.rowstore.RowStore`
 (dense integers), never catalog ids: a filter then becomes an ``IDSelectorBitmap`` (one bit per
 row), which measured fastest to build and to test for a 10 % selection of 1M vectors.
 
@@ -34,7 +34,7 @@ import faiss
 import numpy as np
 
 from retrieval.errors import UnknownNameError, VectorIndexError
-from retrieval.store.vector_index_store import RowStore
+from retrieval.index.rowstore import RowStore
 
 logger = logging.getLogger(__name__)
 _faiss: Any = faiss  # faiss's stubs lack the keyword constructors and several fields used here
