@@ -42,6 +42,7 @@ from retrieval.store.catalog_admin import (
     stats,
     update_job,
 )
+from retrieval.store.catalog_browse import ImagePage, failures_under, label_facets, list_images
 from retrieval.store.catalog_filter import resolve_filter
 from retrieval.store.catalog_images import (
     delete_files,
@@ -113,6 +114,7 @@ __all__ = [
     "FileInfo",
     "FileRecord",
     "ImageInfo",
+    "ImagePage",
     "ImageRecord",
     "JobRecord",
     "LabelRecord",
@@ -129,6 +131,7 @@ __all__ = [
     "delete_regions",
     "delete_vectors",
     "existing_images",
+    "failures_under",
     "files_under",
     "find_image_by_sha",
     "get_active_model",
@@ -149,7 +152,9 @@ __all__ = [
     "image_key",
     "iter_vectors",
     "label_counts",
+    "label_facets",
     "list_failures",
+    "list_images",
     "list_jobs",
     "list_models",
     "promote_staged_vectors",

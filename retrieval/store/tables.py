@@ -117,6 +117,7 @@ images = sa.Table(
 )
 sa.Index("ix_images_path", images.c.path)
 sa.Index("ix_images_taken", sa.func.coalesce(images.c.exif_time, images.c.added_at))
+sa.Index("ix_images_added", images.c.added_at, images.c.id)
 
 files = sa.Table(
     "files",
