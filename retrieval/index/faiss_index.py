@@ -2,9 +2,9 @@
 
 Array contract: vectors and queries are float32 ``(n, dim)`` C-contiguous; ids are non-negative
 int64 catalog keys (any order, not contiguous). ``search`` returns ``(D, I)``: float32 inner
-products and int64 ids, best first, padded with ``I = -1`` / ``D = -inf`` when fewer than k
-results exist. Filters (``allowed_ids``) are applied inside the FAISS search, so k results come
-back whenever k allowed vectors exist.
+products and int64 ids, best first (equal scores: smaller id first, see ``retrieval.index.merge``),
+padded with ``I = -1`` / ``D = -inf`` when fewer than k results exist. Filters (``allowed_ids``)
+are applied inside the FAISS search, so k results come back whenever k allowed vectors exist.
 
 The SQL catalog is the source of truth; this index is a persisted, rebuildable structure. Its
 full-precision vectors live in a sidecar store (``retrieval.index.rowstore``) used for
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from retrieval.errors import UnknownNameError, VectorIndexError
 from retrieval.index import persist as io
 from retrieval.index.checks import check_dim, check_ids, check_k, check_vectors
 from retrieval.index.lock import DirLock, RWLock
+from retrieval.index.merge import boundary_ties, rank
 from retrieval.index.rowstore import RowStore
 from retrieval.index.search import SearchParams, search_rows, selection_mask
 from retrieval.index.structures import FLAT, Policy, Structure, build_from_store, create, to_gpu
@@ -159,10 +161,14 @@ class FaissIndex:
             mask = None if allowed is None and exclude is None else selection_mask(store, allowed, exclude)
             live_bits = self._live_bitmap() if mask is None and s.dead else None
             gpu_index = self._gpu_replica() if mask is None and live_bits is None else None
-            scores, rows = search_rows(
-                s, store, q, k, mask=mask, params=params, live_bits=live_bits, gpu_index=gpu_index
-            )
-            return scores, store.ids_of_rows(rows)
+
+            def run(queries: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
+                scores, rows = search_rows(
+                    s, store, queries, kk, mask=mask, params=params, live_bits=live_bits, gpu_index=gpu_index
+                )
+                return rank(scores, store.ids_of_rows(rows), kk)
+
+            return _settle_ties(run, q, k) if s.exact else run(q, k)
 
     def memory_usage(self) -> dict[str, float]:
         """RAM held, in bytes: ``faiss`` structure, ``id_map`` (id <-> row maps), ``vectors``
@@ -273,6 +279,30 @@ class FaissIndex:
         index._home_gen = meta["generation"]
         return index
 
+    @classmethod
+    def prebuilt(
+        cls,
+        dim: int,
+        ids: Any,
+        vectors: np.ndarray,
+        *,
+        kind: str,
+        factory: str,
+        trained: np.ndarray | None = None,
+        gpu: bool | None = None,
+    ) -> FaissIndex:
+        """An index of ``kind`` holding ``vectors`` in a ``factory`` structure built at once (bulk
+        build): ``trained`` is an empty trained ``factory`` index (``faiss.serialize_index``) to
+        copy instead of training, e.g. the coarse quantizer shared by all shards."""
+        index = cls(dim, kind=kind, gpu=gpu)
+        arr = check_ids(ids, unique=True)
+        x = check_vectors(vectors, index.dim)
+        if arr.shape[0] != x.shape[0]:
+            raise VectorIndexError(f"{arr.shape[0]} ids for {x.shape[0]} vectors; pass one id per row")
+        index._store.append(arr, x)
+        index._structure = build_from_store(factory, index._store, trained=trained)
+        return index
+
     # ------------------------------------------------------------------ internals (lock held)
     def _remove_locked(self, ids: np.ndarray) -> int:
         rows = self._store.delete(ids)
@@ -328,6 +358,25 @@ class FaissIndex:
             if self._gpu_index is None:
                 self._gpu_index = to_gpu(self._structure)
             return self._gpu_index
+
+
+def _settle_ties(
+    run: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]], q: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact structures: top-k where a tie at the k-th place goes to the smaller id, as a merge of
+    shards does (one more result is fetched; queries tied there are searched wider until the tie ends)."""
+    scores, ids = run(q, k + 1)
+    tied = boundary_ties(scores, ids, k)
+    out_s, out_i = scores[:, :k].copy(), ids[:, :k].copy()
+    width = k + 1
+    while tied.size:
+        width *= 4
+        sub_s, sub_i = run(np.ascontiguousarray(q[tied]), width)
+        out_s[tied], out_i[tied] = sub_s[:, :k], sub_i[:, :k]
+        # still tied only if the widened result is full and its last score equals the k-th
+        full = sub_i[:, -1] >= 0
+        tied = tied[full & (sub_s[:, -1] == sub_s[:, k - 1])]
+    return out_s, out_i
 
 
 def _resolve_gpu(gpu: bool | None) -> bool:

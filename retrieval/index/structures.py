@@ -232,14 +232,31 @@ def create(factory: str, dim: int) -> Structure:
     return Structure(wrapped, factory)
 
 
-def build_from_store(factory: str, store: RowStore, seed: int = 1234) -> Structure:
-    """Train (from a sample of the stored vectors) and fill a new ``factory`` structure."""
-    s = create(factory, store.dim)
+def train_sample_size(s: Structure, n: int) -> int:
+    """How many of ``n`` vectors train the (untrained) structure ``s``."""
+    nlist = s.ivf.nlist if s.ivf is not None else 0
+    floor = 16_384 if s.exact else 65_536
+    return min(n, max(TRAIN_POINTS_PER_LIST * nlist, floor))
+
+
+def build_from_store(
+    factory: str, store: RowStore, seed: int = 1234, *, trained: np.ndarray | None = None
+) -> Structure:
+    """Train (from a sample of the stored vectors) and fill a new ``factory`` structure.
+
+    ``trained``: an empty, already trained ``factory`` index (``faiss.serialize_index``), e.g. one
+    coarse quantizer shared by the shards of a bulk build; it is copied, not trained again.
+    """
+    if trained is not None:
+        s = Structure(faiss.deserialize_index(trained), factory)
+        if s.ntotal or not s.index.is_trained or s.index.d != store.dim:
+            raise VectorIndexError(f"the pre-trained {factory} index must be empty, trained and of dim {store.dim}")
+        s.trained_size = store.n_live
+    else:
+        s = create(factory, store.dim)
     n = store.n_live
     if not s.index.is_trained:
-        nlist = s.ivf.nlist if s.ivf is not None else 0
-        floor = 16_384 if s.exact else 65_536
-        rows = store.sample_rows(min(n, max(TRAIN_POINTS_PER_LIST * nlist, floor)), seed)
+        rows = store.sample_rows(train_sample_size(s, n), seed)
         logger.info("training %s on %d of %d vectors", factory, rows.shape[0], n)
         s.index.train(store.vectors(rows))
         s.trained_size = n
