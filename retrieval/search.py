@@ -76,6 +76,8 @@ class SearchResult:
     took_ms: float
     query_box: Box | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    offset: int = 0  # rank (0-based) of hits[0] in the whole ranking
+    next_offset: int | None = None  # where the next page starts; None when the ranking has no more
 
 
 @dataclass(frozen=True)
@@ -146,37 +148,56 @@ class SearchEngine:
         query: Query,
         *,
         k: int = 10,
+        offset: int = 0,
         threshold: float | None = None,
         flt: SearchFilter | None = None,
         rerank: RerankOptions | None = None,
         objects: bool = False,
         exclude_query: bool = False,
     ) -> SearchResult:
-        """Top-``k`` images for ``query``; see the module docstring."""
+        """Results ``offset .. offset + k`` of the ranking of ``query``; see the module docstring.
+
+        The ranking is by score, equal scores by image id, so pages are deterministic: the pages
+        ``offset = 0, k, 2k ...`` concatenated are the top ``n * k`` of one search with no result
+        repeated or skipped (exactly on exact indexes; an approximate index searches deeper for a
+        deeper page and may find a neighbour it missed for a shallower one). Filters apply inside
+        the vector search on every page. ``result.next_offset`` is where the next page starts,
+        None when there are no more results. ``offset + k`` is at most ``MAX_K``.
+        """
         if not 1 <= k <= MAX_K:
             raise ImsearchError(f"k must be within 1..{MAX_K}, got {k}")
+        if offset < 0 or offset + k > MAX_K:
+            raise ImsearchError(
+                f"offset must be >= 0 and offset + k at most {MAX_K} (got offset {offset}, k {k}); "
+                "results deeper than that are not served: narrow the search with filters or a threshold"
+            )
+        depth = offset + k
         t0 = time.perf_counter()
         vec, box = self.describe(query)
         t1 = time.perf_counter()
         exclude = np.array([query.image_id], dtype=np.int64) if exclude_query and query.image_id is not None else None
         allowed = self._allowed("image", flt)
-        scores, ids = self._vector_search(vec, k, allowed, exclude, rerank or RerankOptions())
+        # one more than the page tells whether a next page exists; the index settles ties by id
+        scores, ids = self._vector_search(vec, depth + 1, allowed, exclude, rerank or RerankOptions())
         found: dict[int, tuple[float, Box | None, int | None, str | None]] = {
             int(i): (float(d), None, None, None) for d, i in zip(scores, ids, strict=True) if i >= 0
         }
         if objects:
-            for image_id, (score, rbox, rid, rlabel) in self._object_search(vec, k, flt, exclude).items():
+            for image_id, (score, rbox, rid, rlabel) in self._object_search(vec, depth, flt, exclude).items():
                 if image_id not in found or score > found[image_id][0]:
                     found[image_id] = (score, rbox, rid, rlabel)
         ranked = sorted(found.items(), key=lambda kv: (-kv[1][0], kv[0]))
         if threshold is not None:
             ranked = [kv for kv in ranked if kv[1][0] >= threshold]
-        ranked = ranked[:k]
+        next_offset = depth if len(ranked) > depth else None
+        ranked = ranked[offset:depth]
         t2 = time.perf_counter()
         hits = self._hits(ranked)
         t3 = time.perf_counter()
         timings = {"describe_ms": (t1 - t0) * 1e3, "search_ms": (t2 - t1) * 1e3, "metadata_ms": (t3 - t2) * 1e3}
-        return SearchResult(hits=hits, took_ms=(t3 - t0) * 1e3, query_box=box, timings=timings)
+        return SearchResult(
+            hits=hits, took_ms=(t3 - t0) * 1e3, query_box=box, timings=timings, offset=offset, next_offset=next_offset
+        )
 
     def _allowed(self, space: str, flt: SearchFilter | None) -> np.ndarray | None:
         if flt is None or flt.is_empty:
