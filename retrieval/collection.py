@@ -35,6 +35,7 @@ import numpy as np
 
 from retrieval.errors import CatalogError, ModelFormatError, VectorIndexError
 from retrieval.index.contract import VectorIndex
+from retrieval.index.factory import create_index, load_index, shard_count
 from retrieval.index.faiss_index import FaissIndex
 from retrieval.index.search import SearchParams
 from retrieval.models.descriptor import Box, DescriptorModel
@@ -169,11 +170,15 @@ class Collection:
         db_url: str | None = None,
         model: DescriptorModel | str | os.PathLike[str] | None = None,
         index_kind: str = "auto",
+        shards: int | None = None,
         writable: bool = True,
         create: bool = True,
         wait_for_writer_s: float = 0.0,
     ) -> Collection:
-        """Open (or create) the collection in ``root``; see the module docstring."""
+        """Open (or create) the collection in ``root``; see the module docstring.
+
+        ``shards``: vector-index shards per space; None = as saved (1 for a new collection); a
+        different count than the saved one rebuilds the indexes from the catalog (logged)."""
         root_path = Path(root).expanduser().resolve()
         if not root_path.is_dir():
             if not create:
@@ -187,7 +192,8 @@ class Collection:
             db = open_database(db_url or f"sqlite:///{root_path / 'catalog.db'}")
             descriptor_model, model_id = _resolve_model(root_path, db, model, writable)
             indexes = {
-                space: _open_index(root_path, space, descriptor_model, index_kind, writable) for space in SPACES
+                space: _open_index(root_path, space, descriptor_model, index_kind, writable, shards=shards)
+                for space in SPACES
             }
             collection = cls(
                 root_path, db, descriptor_model, model_id, indexes, writer_lock=lock, index_kind=index_kind
@@ -250,7 +256,7 @@ class Collection:
     def index_info(self) -> dict[str, dict[str, Any]]:
         """Per space: the kind asked for, what serves searches (factory), size, shards."""
         return {
-            space: {"kind": idx.kind, "factory": idx.factory, "size": len(idx)}
+            space: {"kind": idx.kind, "factory": idx.factory, "size": len(idx), "shards": shard_count(idx)}
             for space, idx in self._indexes.items()
         }
 
@@ -534,19 +540,33 @@ def _resolve_model(
     return chosen, record.id
 
 
-def _open_index(root: Path, space: str, model: DescriptorModel, kind: str, writable: bool) -> FaissIndex:
+def _open_index(
+    root: Path, space: str, model: DescriptorModel, kind: str, writable: bool, *, shards: int | None = None
+) -> VectorIndex:
+    """The saved ``space`` index when it was built with ``model`` (and has ``shards`` shards, when
+    given); else a new empty one (``shards``, else the saved count, else 1) for repair to fill."""
+    if shards is not None and (isinstance(shards, bool) or not isinstance(shards, int) or shards < 1):
+        raise VectorIndexError(f"shards must be None or an int >= 1, got {shards!r}")
     directory = root / "index" / space
     if directory.exists():
         try:
-            index = FaissIndex.load(directory)
-            if index.model_info.get("fingerprint") == model.fingerprint and index.dim == model.meta.dim:
+            index = load_index(directory)
+            same_model = index.model_info.get("fingerprint") == model.fingerprint and index.dim == model.meta.dim
+            on_disk = shard_count(index)
+            if same_model and shards in (None, on_disk):
                 return index
-            logger.warning("index %s was built with another model: rebuilding it from the catalog", directory)
+            if same_model:
+                logger.warning(
+                    "index %s has %d shard(s), %d asked for: rebuilding it from the catalog", directory, on_disk, shards
+                )
+            else:
+                logger.warning("index %s was built with another model: rebuilding it from the catalog", directory)
+            shards = on_disk if shards is None else shards
             index.close()
         except VectorIndexError as exc:
             logger.warning("index %s is unreadable (%s): rebuilding it from the catalog", directory, exc)
         if writable:  # a reader rebuilds in memory and leaves the files to the writer
             shutil.rmtree(directory, ignore_errors=True)
-    index = FaissIndex(model.meta.dim, kind=kind)
+    index = create_index(model.meta.dim, kind=kind, shards=shards or 1)
     index.model_info = {"fingerprint": model.fingerprint, "meta": model.meta.to_dict()}
     return index
