@@ -59,6 +59,9 @@ class Rerank(Schema):
 
 class SearchOptions(Schema):
     k: int = Field(default=10, ge=1, le=1000, description="number of results (the server may cap it lower)")
+    offset: int = Field(
+        default=0, ge=0, le=999, description="skip this many results of the ranking (paging: the previous next_offset)"
+    )
     threshold: float | None = Field(default=None, ge=-1.0, le=1.0, description="only results scoring at least this")
     filters: LabelFilter = LabelFilter()
     box: BoxIn | None = Field(
@@ -77,6 +80,7 @@ class SearchForm(Schema):
     """The options of a search by uploaded image, as multipart form fields."""
 
     k: int = Field(default=10, ge=1, le=1000)
+    offset: int = Field(default=0, ge=0, le=999)
     threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
     labels_any: list[LabelName] = Field(default_factory=list, max_length=MAX_LABELS)
     labels_all: list[LabelName] = Field(default_factory=list, max_length=MAX_LABELS)
@@ -107,6 +111,7 @@ class SearchForm(Schema):
     def to_options(self) -> SearchOptions:
         return SearchOptions(
             k=self.k,
+            offset=self.offset,
             threshold=self.threshold,
             filters=LabelFilter(
                 any=self.labels_any,
@@ -188,6 +193,10 @@ class QueryPublic(BaseModel):
 class SearchResponse(BaseModel):
     query: QueryPublic
     k: int
+    offset: int = Field(description="rank (0-based) of the first hit in the whole ranking")
+    next_offset: int | None = Field(
+        description="the offset of the next page of the same search (None: there are no more results)"
+    )
     took_ms: float
     timings: dict[str, float] = Field(description="describe_ms (decode + model), search_ms, metadata_ms")
     hits: list[HitPublic]

@@ -52,6 +52,8 @@ def search_response(request: Request, result: SearchResult, *, k: int, image_id:
     return SearchResponse(
         query=QueryPublic(image_id=None if image_id is None else str(image_id), box=result.query_box),
         k=k,
+        offset=result.offset,
+        next_offset=result.next_offset,
         took_ms=round(result.took_ms, 3),
         timings={name: round(ms, 3) for name, ms in result.timings.items()},
         hits=[hit_public(request, h) for h in result.hits],

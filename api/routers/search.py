@@ -18,7 +18,7 @@ from api.views import search_response
 from retrieval.errors import ImageDecodeError
 from retrieval.filters import SearchFilter
 from retrieval.rerank import RerankOptions
-from retrieval.search import Query, SearchEngine, SearchResult
+from retrieval.search import MAX_K, Query, SearchEngine, SearchResult
 
 router = APIRouter(prefix="/search", tags=["search"], dependencies=ReadAccess)
 
@@ -50,6 +50,11 @@ def run_search(
         raise ApiError(
             422, f"k={opts.k} is over this server's limit of {settings.max_k}", kind="k-too-large", title="k too large"
         )
+    if opts.offset + opts.k > MAX_K:
+        raise ApiError(
+            422, f"offset + k = {opts.offset + opts.k} is beyond the deepest result a search serves ({MAX_K}); "
+            "narrow the search with filters or a threshold", kind="offset-too-large", title="Offset too large",
+        )
     flt = SearchFilter(
         labels_any=tuple(opts.filters.any),
         labels_all=tuple(opts.filters.all),
@@ -59,8 +64,8 @@ def run_search(
     )
     rerank = RerankOptions(aqe_n=opts.rerank.aqe, dba_n=opts.rerank.dba, alpha=opts.rerank.alpha)
     search = functools.partial(
-        engine.search, query, k=opts.k, threshold=opts.threshold, flt=flt, rerank=rerank, objects=opts.objects,
-        exclude_query=exclude_query,
+        engine.search, query, k=opts.k, offset=opts.offset, threshold=opts.threshold, flt=flt, rerank=rerank,
+        objects=opts.objects, exclude_query=exclude_query,
     )
     if query.image is not None or query.box is not None:
         return model.run(search)
@@ -83,9 +88,9 @@ def search_by_image(
 ) -> SearchResponse:
     """The most similar indexed images to the uploaded photo (or to a box on it).
 
-    Options are form fields: ``k``, ``threshold``, ``labels_any`` / ``labels_all`` /
-    ``labels_none`` (repeat the field for several labels), ``min_score``, ``min_area``,
-    ``box`` (``x0,y0,x1,y1``), ``objects``, ``aqe``, ``dba``, ``alpha``.
+    Options are form fields: ``k``, ``offset`` (paging: the previous response's ``next_offset``),
+    ``threshold``, ``labels_any`` / ``labels_all`` / ``labels_none`` (repeat the field for several
+    labels), ``min_score``, ``min_area``, ``box`` (``x0,y0,x1,y1``), ``objects``, ``aqe``, ``dba``, ``alpha``.
     """
     data = read_upload(file, settings)
     name = file.filename or "the upload"
