@@ -34,7 +34,7 @@ from retrieval.errors import UnknownNameError, VectorIndexError
 from retrieval.index import persist as io
 from retrieval.index.checks import check_dim, check_ids, check_vectors
 from retrieval.index.faiss_index import FaissIndex
-from retrieval.index.sharded import LAYOUT, MAX_SHARDS, shard_dir, shard_of, write_layout
+from retrieval.index.shard_layout import LAYOUT, MAX_SHARDS, shard_dir, shard_of, write_layout
 from retrieval.index.structures import FLAT, Policy, create, train_sample_size
 
 logger = logging.getLogger(__name__)

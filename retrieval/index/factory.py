@@ -15,7 +15,8 @@ from retrieval.errors import UnknownNameError, VectorIndexError
 from retrieval.index import persist as io
 from retrieval.index.contract import VectorIndex
 from retrieval.index.faiss_index import FaissIndex
-from retrieval.index.sharded import LAYOUT, MAX_SHARDS, ShardedIndex, read_layout
+from retrieval.index.shard_layout import LAYOUT, MAX_SHARDS, read_layout
+from retrieval.index.sharded import ShardedIndex
 from retrieval.index.structures import KINDS, Policy
 
 __all__ = ["PLACEMENTS", "create_index", "is_sharded_dir", "load_index", "saved_shards", "shard_count"]

@@ -27,7 +27,8 @@ from typing import Any
 
 from retrieval.errors import ImsearchError, VectorIndexError
 from retrieval.index.faiss_index import FaissIndex
-from retrieval.index.sharded import MAX_SHARDS, ShardedIndex, open_shard, read_layout, shard_call
+from retrieval.index.shard_layout import MAX_SHARDS, open_shard, read_layout
+from retrieval.index.sharded import ShardedIndex, shard_call
 
 logger = logging.getLogger(__name__)
 
