@@ -1,32 +1,30 @@
 """Adding single images through the API: uploads (kept under ``uploads/``) and server-side files.
 
-The result is stored exactly like the bulk indexer stores it (same decoding, descriptor,
-and, when the settings ask for them, detections, region descriptors and labels), through
-:meth:`Collection.write`. Uploads are content-addressed: ``uploads/ab/<sha256>.<ext>``.
+Images are described by the one map step (:class:`retrieval.ingest.Describer`: the same
+decoding, descriptor, and, when the settings ask for them, detections, region descriptors and
+labels as the bulk indexer) and stored through :meth:`Collection.write`. Uploads are
+content-addressed: ``uploads/ab/<sha256>.<ext>``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import os
 import tempfile
-import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from api.compute import ModelRunner
 from api.errors import ApiError
 from api.settings import Settings
-from retrieval.collection import IndexedImage, RegionOut
+from retrieval.collection import IndexedImage
 from retrieval.errors import ImageDecodeError
-from retrieval.imageio import DecodedImage, decode_image, probe_image
-from retrieval.models.extract import ExtractResult
+from retrieval.imageio import probe_image
+from retrieval.ingest import Describer, IngestSettings, SourceItem, read_file, with_location
 from retrieval.search import SearchEngine
 from retrieval.store import catalog
-from retrieval.store.catalog import FileInfo, ImageRecord, LabelStat
+from retrieval.store.catalog import FileInfo, ImageRecord
 from retrieval.store.keys import image_key
 
 logger = logging.getLogger(__name__)
@@ -55,24 +53,32 @@ def check_image(data: bytes, name: str, settings: Settings) -> tuple[int, int, s
     return width, height, fmt
 
 
-@dataclass(frozen=True)
-class Described:
-    result: ExtractResult
-    regions: tuple[RegionOut, ...]
-    labels: dict[str, list[LabelStat]]
-    sources: tuple[str, ...]
+def ingest_settings(settings: Settings, **changes: Any) -> IngestSettings:
+    """The map step's settings from the server's: the same annotators, thresholds and limits
+    for uploads, server-side files and index jobs."""
+    base = IngestSettings(
+        detect=settings.detect,
+        segment=settings.segment,
+        detector=settings.detector,
+        segmenter=settings.segmenter,
+        model_dir=str(settings.model_dir) if settings.model_dir else None,
+        region_min_score=settings.region_min_score,
+        max_bytes=settings.max_upload_bytes,
+        max_pixels=settings.max_pixels,
+        device=settings.device,
+    )
+    return base.with_(**changes) if changes else base
 
 
 class Ingestor:
-    """Describes and writes single images; the detector/segmenter are loaded on first use."""
+    """Describes (through the one map step, :class:`Describer`) and writes single images."""
 
     def __init__(self, engine: SearchEngine, settings: Settings, model: ModelRunner) -> None:
         self.engine = engine
         self.settings = settings
         self.model = model
-        self._lock = threading.Lock()
-        self._detector: Any = None
-        self._segmenter: Any = None
+        # shares the search extractor; the detector/segmenter are loaded on first use
+        self.describer = Describer(ingest_settings(settings), extractor=engine.extractor)
 
     # ------------------------------------------------------------------ adding
     def add_bytes(self, data: bytes, *, name: str) -> tuple[ImageRecord, bool]:
@@ -82,12 +88,9 @@ class Ingestor:
         if existing is not None:
             return existing, False
         check_image(data, name, self.settings)
-        described = self.model.run(self.describe, data, name)
-        info = described.result.info
-        assert info is not None  # a successful extraction has its info
-        stored = self._store_upload(data, sha, info.format)
-        item = self._indexed(described, sha=sha, size=len(data), stored_path=stored)
-        self.engine.collection.write([item])
+        image = self._describe(SourceItem(name, data=data), name)
+        stored = self._store_upload(data, sha, image.format)
+        self.engine.collection.write([with_location(image, stored_path=stored)])
         self.engine.collection.save_if_due(self.settings.save_every_s)
         return self.engine.image(image_key(sha)), True
 
@@ -95,28 +98,22 @@ class Ingestor:
         """Add a file already on the server (``path`` confined and resolved by the caller)."""
         if not path.is_file():
             raise ApiError(404, f"{path} does not exist or is not a file", kind="not-found", title="Not found")
-        stat = path.stat()
-        if stat.st_size > self.settings.max_upload_bytes:
-            raise ApiError(
-                413,
-                f"{path} is {stat.st_size} bytes, over the limit of {self.settings.max_upload_bytes}",
-                kind="upload-too-large",
-                title="File too large",
-            )
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise ImageDecodeError(str(path), f"cannot read file: {exc.strerror or exc}") from None
+        got = read_file(str(path), self.settings.max_upload_bytes)
+        if isinstance(got, str):
+            if "over the limit" in got:
+                raise ApiError(413, f"{path}: {got}", kind="upload-too-large", title="File too large")
+            raise ImageDecodeError(str(path), got)
+        data, size, mtime_ns = got
         sha = hashlib.sha256(data).hexdigest()
-        file_info = FileInfo(path=str(path), image_id=image_key(sha), size_bytes=len(data), mtime_ns=stat.st_mtime_ns)
         existing = self._existing(image_key(sha))
         if existing is not None:
+            file_info = FileInfo(path=str(path), image_id=image_key(sha), size_bytes=size, mtime_ns=mtime_ns)
             self.engine.collection.add_files([file_info])
             return existing, False
         check_image(data, str(path), self.settings)
-        described = self.model.run(self.describe, data, str(path))
-        item = self._indexed(described, sha=sha, size=len(data), path=str(path), mtime_ns=stat.st_mtime_ns)
-        self.engine.collection.write([item])
+        item = SourceItem(str(path), data=data, path=str(path), size_bytes=size, mtime_ns=mtime_ns)
+        image = self._describe(item, str(path))
+        self.engine.collection.write([image])
         self.engine.collection.save_if_due(self.settings.save_every_s)
         return self.engine.image(image_key(sha)), True
 
@@ -134,70 +131,12 @@ class Ingestor:
     def _existing(self, image_id: int) -> ImageRecord | None:
         return self.engine.collection.read(catalog.get_image, image_id=image_id)
 
-    # ------------------------------------------------------------------ describing
-    def describe(self, data: bytes, name: str) -> Described:
-        """Descriptor (and, per the settings, detections, regions and labels) of one image."""
-        extractor = self.engine.extractor
-        if not (self.settings.detect or self.settings.segment):
-            res = extractor.extract_one(data)
-            return Described(self._ok(res, name), (), {}, ())
-        meta = extractor.meta
-        need = math.ceil(meta.max_side * max(meta.scales))
-        decoded = decode_image(data, name=name, max_side=need, max_pixels=self.settings.max_pixels)
-        detections, segmentation = self._annotate(decoded)
-        keep = [d for d in detections if d.score >= self.settings.region_min_score]
-        res = self._ok(extractor.extract_one(decoded, boxes=[d.box for d in keep]), name)
-        assert res.info is not None
-        regions: tuple[RegionOut, ...] = ()
-        if res.regions is not None and keep:
-            regions = tuple(
-                RegionOut(box, "detector", vec, d.label, d.score)
-                for box, vec, d in zip(res.boxes, res.regions, keep, strict=True)
-            )
-        from retrieval.vision import image_labels
-
-        labels: dict[str, list[LabelStat]] = {}
-        if self.settings.detect:
-            labels["detector"] = []
-        if self.settings.segment:
-            labels["segmenter"] = []
-        for lab in image_labels(detections, segmentation, image_size=(res.info.width, res.info.height)):
-            labels.setdefault(lab.source, []).append(LabelStat(lab.label, lab.max_score, lab.area_fraction, lab.count))
-        return Described(res, regions, labels, ("detector",) if self.settings.detect else ())
-
-    @staticmethod
-    def _ok(res: ExtractResult, name: str) -> ExtractResult:
-        if res.error is not None or res.descriptor is None or res.info is None:
-            raise ImageDecodeError(name, res.error or "no descriptor")
-        return res
-
-    def _annotate(self, decoded: DecodedImage) -> tuple[list[Any], Any]:
-        from retrieval.vision import annotate, create_detector, create_segmenter
-
-        with self._lock:
-            if self.settings.detect and self._detector is None:
-                self._detector = create_detector(self.settings.detector, model_dir=self.settings.model_dir)
-            if self.settings.segment and self._segmenter is None:
-                self._segmenter = create_segmenter(self.settings.segmenter, model_dir=self.settings.model_dir)
-        return annotate(decoded, self._detector, self._segmenter)
-
-    @staticmethod
-    def _indexed(described: Described, *, sha: str, size: int, **where: Any) -> IndexedImage:
-        res = described.result
-        assert res.info is not None and res.descriptor is not None
-        return IndexedImage(
-            sha256=sha,
-            size_bytes=size,
-            width=res.info.width,
-            height=res.info.height,
-            format=res.info.format,
-            descriptor=res.descriptor,
-            exif_time=res.info.exif_time,
-            regions=described.regions,
-            labels=described.labels,
-            replace_sources=described.sources,
-            **where,
-        )
+    def _describe(self, item: SourceItem, name: str) -> IndexedImage:
+        """The map step on the model thread; a failure names the upload or file."""
+        described = self.model.run(self.describer.describe_one, item)
+        if described.image is None:
+            raise ImageDecodeError(name, described.error or "no descriptor")
+        return described.image
 
     def _store_upload(self, data: bytes, sha: str, fmt: str) -> str:
         """Write the original under uploads/ (atomically); returns its path relative to the data dir."""

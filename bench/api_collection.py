@@ -20,10 +20,9 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def build(data_dir: Path, n_real: int, n_vectors: int, batch: int = 2000) -> None:
-    from indexer.pipeline import Indexer, IndexOptions
     from retrieval.collection import Collection, IndexedImage
+    from retrieval.ingest import IndexOptions, LocalIngest
     from retrieval.models.descriptor import DescriptorModel
-    from retrieval.models.extract import Extractor
     from retrieval.store import catalog
 
     marker = data_dir / "bench.json"
@@ -35,9 +34,7 @@ def build(data_dir: Path, n_real: int, n_vectors: int, batch: int = 2000) -> Non
     collection = Collection.open(data_dir, model=DescriptorModel.create())
     try:
         t0 = time.perf_counter()
-        summary = Indexer(collection, Extractor(collection.model), options=IndexOptions(progress=False)).run(
-            [str(p) for p in real]
-        )
+        summary = LocalIngest.over(collection, options=IndexOptions(progress=False)).run([str(p) for p in real])
         print(f"indexed {summary.indexed} real photos in {time.perf_counter() - t0:.0f} s")
         ids = collection.read(catalog.vector_ids, space="image")
         base = collection.read(catalog.get_vectors, space="image", ids=ids)

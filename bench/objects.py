@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from indexer.pipeline import Indexer, IndexOptions
 from retrieval.collection import Collection
+from retrieval.ingest import IndexOptions, IngestSettings, LocalIngest
 from retrieval.models.descriptor import DescriptorModel
 from retrieval.models.extract import Extractor
 from retrieval.search import Query, SearchEngine
@@ -70,8 +70,9 @@ def index(photos: Path, data: Path, model: DescriptorModel, *, detect: bool, seg
     col = Collection.open(data, model=model)
     det = create_detector("yolox_nano", model_dir=SHARED / "models", threads=1) if detect else None
     seg = create_segmenter("deeplabv3_mobilenetv2_voc", model_dir=SHARED / "models", threads=1) if segment else None
-    opts = IndexOptions(progress=False, region_min_score=0.3)
-    summary = Indexer(col, Extractor(model, batch_size=16), detector=det, segmenter=seg, options=opts).run([photos])
+    ingest = LocalIngest.over(col, IngestSettings(batch_size=16, region_min_score=0.3), detector=det, segmenter=seg,
+                              options=IndexOptions(progress=False))
+    summary = ingest.run([photos])
     return col, summary.indexed / summary.seconds
 
 

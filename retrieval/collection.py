@@ -36,7 +36,6 @@ import numpy as np
 from retrieval.errors import CatalogError, ModelFormatError, VectorIndexError
 from retrieval.index.contract import VectorIndex
 from retrieval.index.factory import create_index, load_index, shard_count
-from retrieval.index.faiss_index import FaissIndex
 from retrieval.index.search import SearchParams
 from retrieval.models.descriptor import Box, DescriptorModel
 from retrieval.store import catalog
@@ -191,7 +190,7 @@ class Collection:
         try:
             db = open_database(db_url or f"sqlite:///{root_path / 'catalog.db'}")
             descriptor_model, model_id = _resolve_model(root_path, db, model, writable)
-            indexes = {
+            indexes: dict[str, VectorIndex] = {
                 space: _open_index(root_path, space, descriptor_model, index_kind, writable, shards=shards)
                 for space in SPACES
             }
@@ -287,7 +286,7 @@ class Collection:
             missing = np.setdiff1d(wanted, have, assume_unique=True)
             if (len(extra) or len(missing)) and not self.writable and self.index_dir(space).exists():
                 # a reader must not touch the writer's files: repair a copy held in memory
-                index = FaissIndex.load(self.index_dir(space), mmap=False)
+                index = load_index(self.index_dir(space), mmap=False)
                 self._indexes[space].close()
                 self._indexes[space] = index
             if len(extra):

@@ -7,12 +7,15 @@ the same command continues from what is already done.
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 from types import FrameType
 from typing import Any
 
 from indexer.commands.common import add_model_options
 from indexer.config import add_common
+
+logger = logging.getLogger(__name__)
 
 EXAMPLES = """examples:
   imsearch reindex --model runs/caltech/best.pt          # a model from `imsearch train`
@@ -56,9 +59,9 @@ def _whitened(collection: Any, model: Any, args: argparse.Namespace) -> Any:
     """A copy of ``model`` (or of the collection's) with PCA-whitening learned from images."""
     import numpy as np
 
-    from indexer.scan import FileEntry, scan
     from retrieval.collection import model_path
     from retrieval.errors import ImsearchError
+    from retrieval.ingest.scan import FileEntry, scan
     from retrieval.models.descriptor import DescriptorModel
     from retrieval.models.extract import Extractor
     from retrieval.store import catalog
@@ -89,12 +92,11 @@ def _whitened(collection: Any, model: Any, args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     import threading
 
-    from tqdm import tqdm
-
     from indexer.commands.common import model_from_args
     from retrieval.collection import Collection
     from retrieval.errors import ImsearchError
-    from retrieval.models.extract import Extractor
+    from retrieval.ingest import IngestSettings
+    from retrieval.progress import Progress
     from retrieval.reindex import reindex
 
     model = model_from_args(args)
@@ -116,20 +118,13 @@ def run(args: argparse.Namespace) -> int:
         stop.set()
 
     previous = signal.signal(signal.SIGINT, on_sigint)
-    bar = tqdm(total=0, unit="img", desc="reindex")
-
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-
     try:
-        extractor = Extractor(model, device=args.device, batch_size=args.batch_size)
-        report = reindex(
-            collection, model, extractor=extractor, drop_missing=args.drop_missing, stop=stop, progress=progress
-        )
+        with Progress(desc="reindex", unit="images", logger=logger) as progress:
+            settings = IngestSettings(device=args.device, batch_size=args.batch_size)
+            report = reindex(
+                collection, model, settings=settings, drop_missing=args.drop_missing, stop=stop, progress=progress
+            )
     finally:
-        bar.close()
         signal.signal(signal.SIGINT, previous)
         collection.close()
     if not report.swapped:

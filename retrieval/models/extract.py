@@ -237,7 +237,7 @@ class Extractor:
 
         No thread pool is involved, so this is the low-latency path for a single query.
         """
-        entry, jobs = self._prepare(0, ExtractItem(0, source, tuple(boxes)))
+        entry, jobs = self._prepare(0, ExtractItem(0, source, tuple(boxes)), self.annotator)
         if entry.result.error is not None:
             return entry.result
         for job in jobs:
@@ -273,8 +273,14 @@ class Extractor:
         """Stream results for files; each result's key is its path."""
         return self.iter_extract(ExtractItem(os.fspath(p), p) for p in paths)
 
-    def iter_extract(self, items: Iterable[ExtractItem]) -> Iterator[ExtractResult]:
-        """Stream results (not in input order: each as soon as all its scales are done)."""
+    def iter_extract(
+        self, items: Iterable[ExtractItem], *, annotator: Annotator | None = None
+    ) -> Iterator[ExtractResult]:
+        """Stream results (not in input order: each as soon as all its scales are done).
+
+        ``annotator`` (default: the extractor's own) runs in the decode workers on each decoded
+        image and adds boxes to pool (see :data:`Annotator`)."""
+        annotate = annotator if annotator is not None else self.annotator
         prefetch = max(2 * self.batch_size, 4 * self.workers)
         max_buffered = self.buffer_images
         pending: dict[int, _Pending] = {}
@@ -289,7 +295,7 @@ class Extractor:
                     if nxt is None:
                         exhausted = True
                         break
-                    futures.append(pool.submit(self._prepare, nxt[0], nxt[1]))
+                    futures.append(pool.submit(self._prepare, nxt[0], nxt[1], annotate))
                 if not futures:
                     break
                 entry, jobs = futures.popleft().result()
@@ -313,7 +319,9 @@ class Extractor:
             raise ImsearchError(f"internal error: {len(pending)} images were not completed")
 
     # ------------------------------------------------------------------ stages
-    def _prepare(self, slot: int, item: ExtractItem) -> tuple[_Pending, list[_Job]]:
+    def _prepare(
+        self, slot: int, item: ExtractItem, annotator: Annotator | None = None
+    ) -> tuple[_Pending, list[_Job]]:
         """Worker: decode, annotate, resize to every scale (no torch here)."""
         import time
 
@@ -324,8 +332,8 @@ class Extractor:
             width0, height0 = decoded.original_size
             result.info = ImageInfo(width0, height0, decoded.format, decoded.mode, decoded.exif_time)
             boxes = [_check_box(b, width0, height0) for b in item.boxes]
-            if self.annotator is not None:
-                extra, result.annotation = self.annotator(decoded)
+            if annotator is not None:
+                extra, result.annotation = annotator(decoded)
                 boxes.extend(_check_box(b, width0, height0) for b in extra)
         except ImageDecodeError as exc:
             result.error = exc.reason

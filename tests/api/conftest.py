@@ -36,10 +36,9 @@ from psycopg import sql
 
 from api.app import create_app
 from api.settings import Settings
-from indexer.pipeline import Indexer, IndexOptions
 from retrieval.collection import Collection
+from retrieval.ingest import IndexOptions, IngestSettings, LocalIngest
 from retrieval.models.descriptor import DescriptorModel
-from retrieval.models.extract import Extractor
 from tests.imagefactory import CALTECH, gradient, truncated_jpeg
 
 API_KEY = "test-key-0123456789"
@@ -136,11 +135,10 @@ def build_collection(data_dir: Path, db_url: str | None, model: DescriptorModel,
 
     collection = Collection.open(data_dir, db_url=db_url, model=model)
     try:
-        extractor = Extractor(collection.model, batch_size=8, workers=1)
         detector = create_detector("yolox_nano", model_dir=MODEL_DIR)
-        summary = Indexer(collection, extractor, detector=detector, options=IndexOptions(progress=False)).run(
-            [str(p) for p in paths]
-        )
+        settings = IngestSettings(batch_size=8, workers=1)
+        ingest = LocalIngest.over(collection, settings, detector=detector, options=IndexOptions(progress=False))
+        summary = ingest.run([str(p) for p in paths])
         assert summary.failed == 0, summary.failures
     finally:
         collection.close()

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from indexer.pipeline import Indexer, IndexOptions
 from retrieval.collection import Collection
 from retrieval.errors import ImageDecodeError, ImsearchError, NotFoundError
 from retrieval.filters import SearchFilter
+from retrieval.ingest import IndexOptions, IngestSettings, LocalIngest
 from retrieval.models.descriptor import DescriptorModel
 from retrieval.models.extract import Extractor
 from retrieval.rerank import RerankOptions
@@ -42,7 +42,9 @@ def engine(photos: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
     col = Collection.open(tmp_path_factory.mktemp("data"), model=model)
     ex = Extractor(model, batch_size=8)
     det = create_detector("yolox_nano", model_dir=MODELS)
-    summary = Indexer(col, ex, detector=det, options=IndexOptions(progress=False, region_min_score=0.3)).run([photos])
+    settings = IngestSettings(batch_size=8, region_min_score=0.3)
+    ingest = LocalIngest.over(col, settings, detector=det, options=IndexOptions(progress=False))
+    summary = ingest.run([photos])
     assert summary.failed == 0 and summary.indexed + summary.duplicates + summary.unchanged == 26
     eng = SearchEngine(col, ex)
     yield eng
