@@ -24,7 +24,7 @@ from api.auth import API_KEY_HEADER
 from api.deps import Services
 from api.errors import install_error_handlers
 from api.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware
-from api.openapi import install_openapi
+from api.openapi import install_docs, install_openapi
 from api.ratelimit import RateLimiter
 from api.routers import collection, images, jobs, search, web
 from api.settings import Settings
@@ -32,6 +32,7 @@ from api.views import API_PREFIX
 from retrieval import __version__
 
 if TYPE_CHECKING:
+    from retrieval.files import FilePolicy
     from retrieval.search import SearchEngine
 
 logger = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ def open_services(settings: Settings) -> Services:
     except BaseException:
         model.close()
         raise
+    engine.file_policy = file_policy(settings)
     try:
         runner = JobRunner(engine, settings, gate)
         if not settings.read_only:
@@ -95,6 +97,18 @@ def open_services(settings: Settings) -> Services:
         "read-only" if settings.read_only else "writable",
     )
     return services
+
+
+def file_policy(settings: Settings) -> FilePolicy:
+    """Where this server reads indexed originals: its allowed roots and uploads (see :mod:`retrieval.files`).
+
+    Without allowed roots, files the command line indexed are served wherever they are,
+    but never through a symbolic link swapped in for one, and only with their indexed content.
+    """
+    from retrieval.files import FilePolicy
+
+    roots = (*settings.allowed_roots, settings.uploads_dir) if settings.allowed_roots else None
+    return FilePolicy(roots=roots)
 
 
 def warm_up(engine: SearchEngine) -> None:
@@ -126,11 +140,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await run_in_threadpool(close_services, services)
 
-    app = FastAPI(title="imsearch", version=__version__, description=DESCRIPTION, lifespan=lifespan, redoc_url=None)
+    app = FastAPI(  # /docs: served from local assets by install_docs, under a CSP
+        title="imsearch", version=__version__, description=DESCRIPTION, lifespan=lifespan, redoc_url=None, docs_url=None
+    )
     app.state.settings = settings
     app.state.limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
     install_error_handlers(app)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes + 64 * 1024)
+    app.add_middleware(BodyLimitMiddleware, settings=settings)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -149,4 +165,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(web.router)
     app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
     install_openapi(app)
+    install_docs(app)
     return app

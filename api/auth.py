@@ -1,5 +1,8 @@
 """API keys: writes always need one (header ``X-API-Key``), reads when the settings say so.
 
+The same rules also run in :class:`api.middleware.BodyLimitMiddleware` before a write's body
+is read (:func:`access_refusal`), so an unauthenticated upload is refused without being received.
+
 Keys are compared in constant time (``hmac.compare_digest`` over SHA-256 digests, against
 every configured key, so neither the position of a match nor a key's length shows in the
 timing). With no key configured, writes are refused rather than open to anyone.
@@ -78,6 +81,32 @@ def _check_key(settings: Settings, key: str | None, what: str) -> None:
         )
 
 
+def _check_write(settings: Settings, key: str | None) -> None:
+    _check_key(settings, key, "this operation")
+    if settings.read_only:
+        raise ApiError(
+            409,
+            "the server runs read-only (IMSEARCH_READ_ONLY); restart it writable to add, delete or index",
+            kind="read-only",
+            title="Read-only server",
+        )
+
+
+def access_refusal(settings: Settings, key: str | None, *, write: bool) -> ApiError | None:
+    """The error a request with ``key`` gets from :func:`require_write` (``write``) or :func:`require_read`.
+
+    None when it may go on. For checks outside a route (the body-limit middleware).
+    """
+    try:
+        if write:
+            _check_write(settings, key)
+        elif settings.read_requires_key:
+            _check_key(settings, key, "reading from this server")
+    except ApiError as exc:
+        return exc
+    return None
+
+
 def settings_of(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
@@ -92,12 +121,9 @@ async def require_read(request: Request, key: ReadApiKey) -> None:
 
 async def require_write(request: Request, key: ApiKey) -> None:
     """Writes and admin (add, delete, jobs): always a valid key, and a writable collection."""
-    settings = settings_of(request)
-    _check_key(settings, key, "this operation")
-    if settings.read_only:
-        raise ApiError(
-            409,
-            "the server runs read-only (IMSEARCH_READ_ONLY); restart it writable to add, delete or index",
-            kind="read-only",
-            title="Read-only server",
-        )
+    _check_write(settings_of(request), key)
+
+
+async def require_admin_read(request: Request, key: ApiKey) -> None:
+    """Admin reads (the job list and status): a valid key, on a writable or a read-only server."""
+    _check_key(settings_of(request), key, "this operation")

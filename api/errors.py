@@ -9,6 +9,7 @@ Problem types are ``tag:`` URIs (RFC 4151), stable strings a client can match on
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
@@ -27,6 +28,7 @@ from retrieval.errors import (
     NotFoundError,
     VectorIndexError,
 )
+from retrieval.files import FileAccessError, FileChangedError
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +56,43 @@ class ApiError(Exception):
         self.title = title
         self.headers = dict(headers or {})
         self.extra = extra
+
+
+class BodyTooLarge(StarletteHTTPException):
+    """Raised by the body-limit middleware's ``receive`` once a request body passes the limit.
+
+    An ``HTTPException``, so FastAPI lets it through its body parsing unchanged (anything
+    else would become a 400) and the handler below answers 413 problem JSON.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the request body is over this server's limit of {limit} bytes; send a smaller one")
+        self.limit = limit
+
+    def response(self) -> JSONResponse:
+        return body_too_large_response(self.limit)
+
+
+class EarlyRefusal(StarletteHTTPException):
+    """An :class:`ApiError` (a missing API key...) raised by the body-limit middleware before the body is read."""
+
+    def __init__(self, error: ApiError) -> None:
+        super().__init__(error.status, error.detail, headers=error.headers)
+        self.error = error
+
+    def response(self) -> JSONResponse:
+        e = self.error
+        return problem_response(e.status, e.detail, kind=e.kind, title=e.title, headers=e.headers, **e.extra)
+
+
+def body_too_large_response(limit: int, length: int | None = None) -> JSONResponse:
+    size = f"is {length} bytes, " if length is not None else "is "
+    return problem_response(
+        413,
+        f"the request body {size}over this server's limit of {limit} bytes; send a smaller image or body",
+        kind="upload-too-large",
+        title="Upload too large",
+    )
 
 
 def problem_type(kind: str | None) -> str:
@@ -93,6 +132,10 @@ def status_of(exc: ImsearchError) -> tuple[int, str, str]:
     """(HTTP status, problem kind, title) of a library error."""
     if isinstance(exc, NotFoundError):
         return 404, "not-found", "Not found"
+    if isinstance(exc, FileChangedError):
+        return 409, "file-changed", "File changed since indexing"
+    if isinstance(exc, FileAccessError):
+        return 404, "file-unavailable", "File unavailable"
     if isinstance(exc, ImageDecodeError):
         if exc.reason.startswith("not a recognized image format"):
             return 415, "unsupported-image", "Unsupported image format"
@@ -105,6 +148,9 @@ def status_of(exc: ImsearchError) -> tuple[int, str, str]:
 
 
 def _json_safe(value: Any) -> Any:
+    """``value`` as JSON can hold it: non-finite floats (NaN, 1e400 parsed as inf) become strings."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     if isinstance(value, (list, tuple)):
@@ -118,8 +164,9 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     out = []
     for err in exc.errors():
         item = {"loc": [str(p) for p in err.get("loc", ())], "msg": str(err.get("msg", "")), "type": err.get("type")}
-        if "input" in err and isinstance(err["input"], (str, int, float, bool)):
-            item["input"] = _json_safe(err["input"]) if len(str(err["input"])) <= 200 else str(err["input"])[:200]
+        raw = err.get("input")
+        if isinstance(raw, (str, int, float, bool)):  # scalars only: never echo a whole (large) body
+            item["input"] = _json_safe(raw) if len(str(raw)) <= 200 else str(raw)[:200]
         out.append(item)
     return out
 
@@ -147,6 +194,14 @@ def install_error_handlers(app: FastAPI) -> None:
         return problem_response(
             422, f"the request is not valid: {where}", kind="validation", title="Validation failed", errors=errors
         )
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(EarlyRefusal)
+    async def _refused(request: Request, exc: EarlyRefusal) -> JSONResponse:
+        return exc.response()
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -1,4 +1,4 @@
-"""OpenAPI document: every error response is documented as problem JSON."""
+"""OpenAPI document (every error response documented as problem JSON) and its ``/docs`` page."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse, Response
+from fastapi.staticfiles import StaticFiles
 
 from api.auth import KEY_SCHEME, READ_KEY_SCHEME
 from api.errors import PROBLEM_MEDIA_TYPE
@@ -76,3 +78,55 @@ def install_openapi(app: FastAPI) -> None:
 
     setattr(app, "openapi", build)  # noqa: B010 - FastAPI's documented way to customize the schema
 
+
+
+#: the docs page: Swagger UI's own assets only (no CDN); Swagger UI sets inline styles, hence 'unsafe-inline' for styles
+DOCS_CSP = (
+    "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; script-src 'self'; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+DOCS_HTML = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>imsearch API</title>
+<link rel="stylesheet" href="docs/assets/swagger-ui.css">
+<link rel="icon" type="image/png" href="docs/assets/favicon-32x32.png">
+</head>
+<body>
+<div id="swagger-ui"></div>
+<script src="docs/assets/swagger-ui-bundle.js"></script>
+<script src="docs/init.js"></script>
+</body>
+</html>
+"""
+# validatorUrl null: Swagger UI would otherwise send the document to validator.swagger.io
+DOCS_INIT_JS = """"use strict";
+window.ui = SwaggerUIBundle({
+  url: "openapi.json",
+  dom_id: "#swagger-ui",
+  layout: "BaseLayout",
+  deepLinking: true,
+  showExtensions: true,
+  showCommonExtensions: true,
+  validatorUrl: null,
+  presets: [SwaggerUIBundle.presets.apis, SwaggerUIBundle.SwaggerUIStandalonePreset],
+});
+"""
+
+
+def install_docs(app: FastAPI) -> None:
+    """``/docs``: Swagger UI from the ``swagger-ui-bundle`` package's files, its start-up script apart (CSP)."""
+    import swagger_ui_bundle
+
+    headers = {"Content-Security-Policy": DOCS_CSP, "Cache-Control": "no-cache"}
+
+    async def docs() -> HTMLResponse:
+        return HTMLResponse(DOCS_HTML, headers=headers)
+
+    async def docs_init() -> Response:
+        return Response(DOCS_INIT_JS, media_type="text/javascript", headers=headers)
+
+    app.add_api_route("/docs", docs, include_in_schema=False)
+    app.add_api_route("/docs/init.js", docs_init, include_in_schema=False)
+    app.mount("/docs/assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")

@@ -38,10 +38,10 @@ def confine(raw: str, roots: Sequence[Path]) -> Path:
         real_root = Path(os.path.realpath(root))
         if resolved == real_root or resolved.is_relative_to(real_root):
             return resolved
-    via = f" (it resolves to {resolved})" if resolved != path else ""
+    # never say where a link resolves: that would describe what lies outside the roots
     raise ApiError(
         403,
-        f"{raw} is outside the folders this server may read{via}; allowed roots: "
+        f"{raw} is outside the folders this server may read (or links out of them); allowed roots: "
         + ", ".join(str(r) for r in roots),
         kind="path-outside-roots",
         title="Path outside the allowed roots",

@@ -51,11 +51,19 @@ class Settings(BaseSettings):
     read_requires_key: bool = Field(default=False, description="also require a key for search and other reads")
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="origins allowed by CORS")
     allowed_roots: Annotated[list[Path], NoDecode] = Field(
-        default_factory=list, description="folders whose files may be added or indexed by server-side path"
+        default_factory=list, description="folders whose files may be added or indexed by server-side path; when "
+        "set, indexed originals are served only from inside them (and from the uploads)"
+    )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="addresses of reverse proxies whose X-Forwarded-For / X-Forwarded-Proto "
+        "are believed (the rate limit then keys on the client they name); empty: believed from nobody"
     )
 
     # limits
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1024, description="largest accepted upload")
+    max_json_bytes: int = Field(
+        default=1024 * 1024, ge=1024, description="largest accepted request body that is not a multipart upload"
+    )
     max_pixels: int = Field(default=60_000_000, ge=1, description="largest accepted image, width x height")
     max_k: int = Field(default=200, ge=1, le=1000, description="most results one search may ask for")
     rate_limit_per_minute: int = Field(default=600, ge=0, description="requests per minute per client (0: no limit)")
@@ -93,7 +101,7 @@ class Settings(BaseSettings):
     warmup: bool = Field(default=True, description="run the model once at start-up, so no query pays for it")
     thumbnail_quality: int = Field(default=85, ge=30, le=100, description="JPEG quality of cached thumbnails")
 
-    @field_validator("api_keys", "cors_origins", "allowed_roots", mode="before")
+    @field_validator("api_keys", "cors_origins", "allowed_roots", "trusted_proxies", mode="before")
     @classmethod
     def _lists(cls, value: Any) -> Any:
         return _split_list(value)

@@ -2,7 +2,9 @@
 
 Image ids are content hashes, so a thumbnail never goes stale: the cache file
 ``thumbnails/<id>-<size>.jpg`` is served with a long ``Cache-Control`` and removed
-only when the image is deleted. Sizes snap up to a few fixed ones, so the cache is bounded.
+only when the image is deleted. It is made from the original read through
+:meth:`SearchEngine.image_bytes`, i.e. only from a file inside the allowed roots that still
+holds the indexed content. Sizes snap up to a few fixed ones, so the cache is bounded.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ class ThumbnailCache:
         if target.is_file():
             engine.image(image_id)  # still indexed? (NotFoundError -> 404)
             return target
-        source = engine.image_file(image_id)
+        source = engine.image_bytes(image_id)  # confined and checked (FileAccessError / FileChangedError)
         decoded = decode_image(source, name=f"image {image_id}", max_side=size, max_pixels=self.max_pixels)
         image = Image.fromarray(decoded.pixels)
         image.thumbnail((size, size), Image.Resampling.LANCZOS)

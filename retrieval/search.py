@@ -21,6 +21,7 @@ import numpy as np
 
 from retrieval.collection import Collection
 from retrieval.errors import ImsearchError, NotFoundError
+from retrieval.files import FilePolicy, IndexedFile, VerifiedFile, first_readable
 from retrieval.filters import SearchFilter
 from retrieval.imageio import ImageSource
 from retrieval.models.descriptor import Box
@@ -127,7 +128,7 @@ class SearchEngine:
             return self.collection.read(catalog.get_vectors, space="image", ids=[query.image_id])[0], None
         source: ImageSource
         if query.image_id is not None:
-            source = self.image_file(query.image_id)
+            source = self.image_bytes(query.image_id)
         else:
             assert query.image is not None  # checked by Query
             source = query.image
@@ -290,19 +291,48 @@ class SearchEngine:
             raise NotFoundError(f"no indexed image with id {image_id}")
         return rec
 
-    def image_file(self, image_id: int) -> Path:
-        """Where the original of an indexed image can be read."""
+    #: where indexed files may be read from; the API confines them to its allowed roots (see retrieval.files)
+    file_policy: FilePolicy = FilePolicy()
+
+    def indexed_files(self, image_id: int) -> list[IndexedFile]:
+        """Where the original of an image may be read, and what it must still hold there (the upload first).
+
+        A stored upload is confined to the collection's ``uploads/``; files indexed by path
+        to ``file_policy.roots``. Each carries the size, SHA-256 and (files) mtime the
+        catalog recorded, for :mod:`retrieval.files` to check at every read.
+        """
         rec = self.image(image_id)
-        candidates = [rec.stored_path, rec.path]
-        candidates += [f.path for f in self.collection.read(catalog.get_files, image_id=image_id)]
-        for cand in candidates:
-            if cand:
-                path = Path(cand)
-                if not path.is_absolute():
-                    path = self.collection.root / path
-                if path.is_file():
-                    return path
-        raise NotFoundError(f"the original of image {image_id} is no longer on disk (last seen at {rec.path})")
+        root = self.collection.root
+        out: list[IndexedFile] = []
+        if rec.stored_path:
+            out.append(IndexedFile(str(root / rec.stored_path), (root / "uploads",), rec.size_bytes, rec.sha256))
+        files = {f.path: f for f in self.collection.read(catalog.get_files, image_id=image_id)}
+        for raw in dict.fromkeys([p for p in (rec.path, *files) if p]):
+            path = raw if Path(raw).is_absolute() else str(root / raw)
+            known = files.get(raw)
+            size, mtime = (known.size_bytes, known.mtime_ns) if known is not None else (rec.size_bytes, None)
+            out.append(IndexedFile(path, self.file_policy.roots, size, rec.sha256, mtime))
+        return out
+
+    def open_image_file(self, image_id: int) -> VerifiedFile:
+        """The original of an indexed image, open and checked (confined, unchanged); the caller closes it.
+
+        Raises :class:`~retrieval.files.FileChangedError` when every copy changed since
+        indexing, :class:`~retrieval.files.FileAccessError` when none is readable.
+        """
+        return first_readable(self.indexed_files(image_id), IndexedFile.open, what=f"the original of image {image_id}")
+
+    def image_bytes(self, image_id: int) -> bytes:
+        """The checked content of an indexed image's original (see :meth:`open_image_file`)."""
+        max_bytes = self.file_policy.max_bytes
+        return first_readable(
+            self.indexed_files(image_id), lambda f: f.read(max_bytes), what=f"the original of image {image_id}"
+        )
+
+    def image_file(self, image_id: int) -> Path:
+        """The real path of an indexed image's original, checked as :meth:`open_image_file` does."""
+        with self.open_image_file(image_id) as opened:
+            return opened.path
 
     def labels(self, min_score: float = 0.0) -> list[tuple[str, int]]:
         return self.collection.read(catalog.label_counts, min_score=min_score)

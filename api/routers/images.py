@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Path, Query, Request, Response, UploadFile
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, StreamingResponse
 from PIL import Image
 
 from api.auth import require_read, require_write
@@ -23,6 +23,7 @@ router = APIRouter(prefix="/images", tags=["images"], dependencies=[Depends(rate
 ImageId = Annotated[int, Path(ge=0, le=MAX_ID, description="the image's id")]
 Read = [Depends(require_read)]
 Write = [Depends(require_write)]
+#: an image id is its content's hash, and every read checks the file still holds that content (retrieval.files)
 IMMUTABLE = "public, max-age=31536000, immutable"
 ADDED: dict[int | str, dict[str, Any]] = {
     200: {"description": "already indexed: the existing image"},
@@ -100,14 +101,27 @@ def delete_image(engine: EngineDep, ingest: IngestDep, thumbnails: ThumbnailsDep
     "/{image_id}/original",
     dependencies=Read,
     summary="The original image file",
-    response_class=FileResponse,
-    responses={200: {"content": {"image/*": {}}, "description": "the file"}, **problems(*READ_ERRORS, 404)},
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"image/*": {}}, "description": "the file"},
+        **problems(*READ_ERRORS, 404, 409),
+    },
 )
-def get_original(engine: EngineDep, image_id: ImageId) -> FileResponse:
+def get_original(engine: EngineDep, image_id: ImageId) -> StreamingResponse:
+    """The indexed file, re-checked at this read: inside the allowed roots and still the indexed content.
+
+    404 when it is gone or links out of the roots, 409 when its content changed since indexing.
+    """
     record = engine.image(image_id)
-    path = engine.image_file(image_id)
-    media_type = Image.MIME.get(record.format.upper(), "application/octet-stream")
-    return FileResponse(path, media_type=media_type, headers={"Cache-Control": IMMUTABLE})
+    opened = engine.open_image_file(image_id)  # streamed from the descriptor that was checked
+    headers = {"Cache-Control": IMMUTABLE, "Content-Length": str(opened.size), "ETag": f'"{record.sha256}"'}
+    return StreamingResponse(opened.chunks(), media_type=media_type_of(record.format), headers=headers)
+
+
+def media_type_of(fmt: str) -> str:
+    """The MIME type of a Pillow format name ("JPEG" -> "image/jpeg")."""
+    Image.init()  # Pillow fills its MIME table lazily, on the first decode: not yet right after start-up
+    return Image.MIME.get(fmt.upper(), "application/octet-stream")
 
 
 @router.get(
@@ -115,7 +129,10 @@ def get_original(engine: EngineDep, image_id: ImageId) -> FileResponse:
     dependencies=Read,
     summary="A JPEG thumbnail (cached)",
     response_class=FileResponse,
-    responses={200: {"content": {"image/jpeg": {}}, "description": "the thumbnail"}, **problems(*READ_ERRORS, 404)},
+    responses={
+        200: {"content": {"image/jpeg": {}}, "description": "the thumbnail"},
+        **problems(*READ_ERRORS, 404, 409),
+    },
 )
 def get_thumbnail(
     engine: EngineDep,

@@ -4,20 +4,26 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 
+from api.auth import require_admin_read
 from api.deps import JobsDep, SettingsDep, WriteAccess
 from api.openapi import WRITE_ERRORS, problems
 from api.paths import confine
+from api.ratelimit import rate_limit
 from api.schemas import JobCreate, JobPublic, JobsResponse
 from api.views import base, job_public
 
-router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=WriteAccess)
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+#: starting and cancelling need a writable server; listing and following (still with a key) a read-only one too
+Write = WriteAccess
+AdminRead = [Depends(require_admin_read), Depends(rate_limit)]
 
 
 @router.post(
     "",
     status_code=202,
+    dependencies=Write,
     summary="Start indexing a server-side folder",
     responses=problems(*WRITE_ERRORS, 404),
 )
@@ -39,12 +45,17 @@ def start_job(
     return job_public(record)
 
 
-@router.get("", summary="Recent jobs, newest first", responses=problems(*WRITE_ERRORS))
+@router.get("", dependencies=AdminRead, summary="Recent jobs, newest first", responses=problems(*WRITE_ERRORS))
 def list_jobs(jobs: JobsDep, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> JobsResponse:
     return JobsResponse(jobs=[job_public(j) for j in jobs.list(limit)])
 
 
-@router.get("/{job_id}", summary="A job's status and progress", responses=problems(*WRITE_ERRORS, 404))
+@router.get(
+    "/{job_id}",
+    dependencies=AdminRead,
+    summary="A job's status and progress",
+    responses=problems(*WRITE_ERRORS, 404),
+)
 def get_job(job_id: str, jobs: JobsDep) -> JobPublic:
     return job_public(jobs.get(job_id))
 
@@ -52,6 +63,7 @@ def get_job(job_id: str, jobs: JobsDep) -> JobPublic:
 @router.post(
     "/{job_id}/cancel",
     status_code=202,
+    dependencies=Write,
     summary="Cancel a running job",
     responses=problems(*WRITE_ERRORS, 404),
 )

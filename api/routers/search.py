@@ -103,7 +103,7 @@ def search_by_image(
     return search_response(request, result, k=opts.k, image_id=None)
 
 
-@router.post("/id", summary="Search with an indexed image", responses=problems(*READ_ERRORS, 404))
+@router.post("/id", summary="Search with an indexed image", responses=problems(*READ_ERRORS, 404, 409))
 def search_by_id(
     *, request: Request, engine: EngineDep, model: ModelDep, settings: SettingsDep, body: SearchByIdRequest
 ) -> SearchResponse:

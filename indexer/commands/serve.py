@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from typing import Any
 
@@ -47,6 +48,14 @@ def register(sub: Any) -> None:
         metavar="DIR",
         help="a folder whose files may be added or indexed by server-side path (repeatable)",
     )
+    p.add_argument(
+        "--trusted-proxy",
+        action="append",
+        default=[],
+        metavar="ADDR",
+        help="a reverse proxy (IP address or network, e.g. 10.0.0.5 or 10.0.0.0/24) whose X-Forwarded-For is "
+        "believed (repeatable; also IMSEARCH_TRUSTED_PROXIES). Default: none, not even loopback",
+    )
     p.add_argument("--detect", action="store_true", help="run the object detector on added images and index jobs")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     add_common(p)
@@ -62,9 +71,19 @@ def _environment(args: argparse.Namespace) -> dict[str, str]:
         env["IMSEARCH_READ_ONLY"] = "true"
     if args.detect:
         env["IMSEARCH_DETECT"] = "true"
+    if args.trusted_proxy:
+        env["IMSEARCH_TRUSTED_PROXIES"] = ",".join(args.trusted_proxy)
     if args.allowed_root:
         env["IMSEARCH_ALLOWED_ROOTS"] = ",".join(os.path.abspath(os.path.expanduser(r)) for r in args.allowed_root)
     return env
+
+
+def trusted_proxies(value: str) -> list[str]:
+    """``IMSEARCH_TRUSTED_PROXIES`` as a list: comma-separated or a JSON array (as api.settings reads it)."""
+    text = value.strip()
+    if text.startswith("["):
+        return [str(v).strip() for v in json.loads(text) if str(v).strip()]
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         raise ImsearchError(f"--port must be within 1..65535, got {args.port}")
     os.environ.update(_environment(args))
+    proxies = trusted_proxies(os.environ.get("IMSEARCH_TRUSTED_PROXIES", ""))
     uvicorn.run(
         APP,
         factory=True,
@@ -90,5 +110,8 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         log_level=args.log_level,
         timeout_graceful_shutdown=60,
+        # uvicorn believes X-Forwarded-For from 127.0.0.1 by default: a local client could pick its address
+        proxy_headers=bool(proxies),
+        forwarded_allow_ips=",".join(proxies) if proxies else None,
     )
     return 0

@@ -139,7 +139,7 @@ def test_server_side_paths_stay_in_the_roots(client: Any, layout: Layout) -> Non
     assert_problem(add(str(secret)), 403, "path-outside-roots")
     assert_problem(add(f"{layout.allowed}/library/../../outside/secret.jpg"), 403, "path-outside-roots")
     body = assert_problem(add(str(layout.allowed / "escape.jpg")), 403, "path-outside-roots")
-    assert "resolves to" in body["detail"]
+    assert str(layout.outside) not in body["detail"] and "secret" not in body["detail"]  # where the link goes: untold
     assert_problem(add(str(layout.allowed / "escape_dir" / "secret.jpg")), 403, "path-outside-roots")
     assert_problem(add("allowed/extra/lotus_image_0001.jpg"), 422, "validation")  # not absolute
     assert_problem(add(str(layout.extra) + "/\x00.jpg"), 422, "validation")
