@@ -26,7 +26,7 @@ from api.errors import install_error_handlers
 from api.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware
 from api.openapi import install_docs, install_openapi
 from api.ratelimit import RateLimiter
-from api.routers import collection, images, jobs, search, web
+from api.routers import browse, collection, images, jobs, search, web
 from api.settings import Settings
 from api.views import API_PREFIX
 from retrieval import __version__
@@ -160,6 +160,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(collection.health_router, prefix=API_PREFIX)
     app.include_router(collection.router, prefix=API_PREFIX)
     app.include_router(search.router, prefix=API_PREFIX)
+    app.include_router(browse.router, prefix=API_PREFIX)
     app.include_router(images.router, prefix=API_PREFIX)
     app.include_router(jobs.router, prefix=API_PREFIX)
     app.include_router(web.router)

@@ -301,3 +301,47 @@ class Problem(BaseModel):
         if not 400 <= self.status <= 599:
             raise ValueError("a problem's status is an HTTP error status")
         return self
+
+
+# ---------------------------------------------------------------------------- browsing (GET /images, /failures)
+
+BrowseSort = Literal["added", "-added", "exif_time", "-exif_time", "path"]
+
+
+class ImageSummary(BaseModel):
+    """An image in a browse page: enough for a grid card; ``GET /images/{id}`` has the rest."""
+
+    id: IdOut
+    path: str | None = Field(description="where the image was indexed from (None for uploads)")
+    width: int
+    height: int
+    format: str
+    size_bytes: int
+    exif_time: datetime | None
+    added_at: datetime
+    labels: list[str] = Field(description="detected labels, most confident first")
+    thumbnail_url: str
+    original_url: str
+
+
+class ImagesResponse(BaseModel):
+    offset: int
+    limit: int
+    sort: BrowseSort
+    total: int = Field(description="images passing the filter")
+    next_offset: int | None = Field(description="the offset of the next page (None: this is the last)")
+    items: list[ImageSummary]
+    facets: list[LabelCount] | None = Field(
+        description="label counts among the images passing the filter (when asked with facets=true)"
+    )
+
+
+class FailurePublic(BaseModel):
+    path: str
+    reason: str
+    at: datetime
+
+
+class FailuresResponse(BaseModel):
+    prefix: str
+    failures: list[FailurePublic]
