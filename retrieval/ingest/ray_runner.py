@@ -73,10 +73,12 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> bool:
 class _DescribeActor:
     """One map-step worker: the model (and annotators) loaded once, in the constructor."""
 
-    def __init__(self, settings: IngestSettings, model_bytes: bytes) -> None:
+    def __init__(self, settings: IngestSettings, model: Any) -> None:
+        """``model``: the model file's bytes in Ray's object store (an ObjectRef), fetched once."""
+        data = model if isinstance(model, bytes) else _require_ray().get(model)
         self._dir = tempfile.mkdtemp(prefix="imsearch-ray-")
         model_file = Path(self._dir) / "model.pt"
-        model_file.write_bytes(model_bytes)
+        model_file.write_bytes(data)
         self.describer = Describer(settings.with_(model=str(model_file)))
         self.describer.warm_up()
 
@@ -213,7 +215,7 @@ class RayIngest:
         settings = self.settings.with_(device=device if self.settings.device == "auto" else self.settings.device)
         described = ds.map_batches(
             _DescribeActor,
-            fn_constructor_kwargs={"settings": settings, "model_bytes": ray.put(model_file.read_bytes())},
+            fn_constructor_kwargs={"settings": settings, "model": ray.put(model_file.read_bytes())},
             batch_size=self.batch_size,
             batch_format="numpy",
             compute=rd.ActorPoolStrategy(size=self.workers),
