@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from retrieval.errors import ImsearchError
-from retrieval.models.descriptor import DEFAULT_SCALES, DescriptorModel
+
+if TYPE_CHECKING:
+    from retrieval.models.descriptor import DescriptorModel
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +47,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
 def model_from_args(args: argparse.Namespace) -> DescriptorModel | None:
     """The model the options ask for, or None to use the collection's own (or the default)."""
+    from retrieval.models.descriptor import DEFAULT_SCALES, DescriptorModel  # torch: only when a command runs
+
     if getattr(args, "model", None):
         if getattr(args, "backbone", None):
             raise ImsearchError("give either --model FILE or --backbone NAME, not both")
