@@ -412,3 +412,20 @@ def test_bulk_build_in_ray_tasks_equals_threads(ray_local: Any, data: Data, tmp_
     assert by_ray.shard_sizes == by_threads.shard_sizes
     a, b = load_index(tmp_path / "r"), load_index(tmp_path / "t")
     assert_same(a.search(xq, K), b.search(xq, K))  # same trained quantizer, same shards: same index
+
+
+def test_a_reader_repairs_a_sharded_index_in_memory(tmp_path: Path) -> None:
+    """A writer saved 40 images then wrote 20 more without saving: a reader opens the sharded
+    index and repairs a copy in memory, leaving the writer's files alone."""
+    images = synthetic_images(60)
+    writer = Collection.open(tmp_path / "c", model=tiny_model(), shards=2)
+    try:
+        writer.write(images[:40])
+        writer.save()
+        writer.write(images[40:])
+        with Collection.open(tmp_path / "c", writable=False) as reader:
+            assert reader.index_info()["image"]["shards"] == 2
+            assert reader.count("image") == 60 and reader.count("region") == 60
+            assert np.array_equal(reader.index_ids("image"), writer.index_ids("image"))
+    finally:
+        writer.close()
