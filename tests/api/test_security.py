@@ -102,6 +102,12 @@ def test_reads_can_require_a_key_and_read_only_refuses_writes(settings_for: Any,
         r = c.post("/api/v1/images", files=lotus, headers={"X-API-Key": API_KEY})
         assert_problem(r, 409, "read-only")
         assert c.get("/api/v1/stats", headers={"X-API-Key": API_KEY}).json()["read_only"] is True
+        # jobs can still be listed (with a key), not started
+        jobs = c.get("/api/v1/jobs", headers={"X-API-Key": API_KEY})
+        assert jobs.status_code == 200 and isinstance(jobs.json()["jobs"], list), jobs.text
+        assert_problem(c.get("/api/v1/jobs"), 401, "missing-api-key")
+        started = c.post("/api/v1/jobs", json={"path": str(layout.incoming)}, headers={"X-API-Key": API_KEY})
+        assert_problem(started, 409, "read-only")
 
 
 def test_without_keys_writes_are_disabled_and_without_roots_paths_are(settings_for: Any, layout: Layout) -> None:
