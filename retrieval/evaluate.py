@@ -26,12 +26,15 @@ import pickle
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Literal, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, cast
 
 import numpy as np
 import numpy.typing as npt
 
 from retrieval.errors import EvaluationError, UnknownNameError
+
+if TYPE_CHECKING:
+    from retrieval.models.extract import Extractor
 
 log = logging.getLogger(__name__)
 
@@ -609,3 +612,25 @@ def evaluate_descriptors(
         for row, g in zip(ranks, gnd[s : s + step], strict=True):
             acc.add(row, g["ok"], g["junk"])
     return acc.result()
+
+
+def describe_all(extractor: Extractor, sources: Sequence[Any], *, desc: str = "describing") -> np.ndarray:
+    """Descriptors ``(n, dim)`` of ``sources`` (paths, bytes or RGB arrays) in input order, with
+    :class:`~retrieval.progress.Progress` (a bar on a terminal, log lines otherwise).
+
+    Evaluation needs every image: the first one that cannot be described raises
+    :class:`EvaluationError` naming it.
+    """
+    from retrieval.models.extract import ExtractItem
+    from retrieval.progress import Progress
+
+    out = np.zeros((len(sources), extractor.meta.dim), dtype=np.float32)
+    with Progress(len(sources), desc=desc, unit="images", logger=log) as progress:
+        for res in extractor.iter_extract(ExtractItem(i, src) for i, src in enumerate(sources)):
+            if not res.ok or res.descriptor is None:
+                src = sources[int(res.key)]  # type: ignore[call-overload]
+                name = str(src) if isinstance(src, (str, Path)) else f"image #{res.key}"
+                raise EvaluationError(f"cannot evaluate: {name}: {res.error}; fix or remove the file")
+            out[int(res.key)] = res.descriptor  # type: ignore[call-overload]
+            progress.update()
+    return out

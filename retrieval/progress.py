@@ -15,15 +15,18 @@ Use it as a context manager around the work; every method is thread-safe::
         for batch in batches:
             ...
             progress.update(len(batch), failed=n_bad, duplicates=n_dup)   # counters are summed
-            progress.set_status(stage="writing")                          # shown as given
+            progress.set_status(stage="writing")                          # shown as given, next line
         progress.set_total(more_found)                                     # the total may grow
 
 ``update`` adds to ``done`` (and to ``failed`` and any extra counters); ``set_status`` shows
 values that are replaced, not summed (a loss, a stage name). A line is emitted from within
-``update``/``set_status``/``set_total`` when ``interval_s`` has passed since the last one, so a
-job that calls ``update`` at least every few seconds logs on time. ``snapshot()`` gives the
+``update``/``set_total`` when ``interval_s`` has passed since the last one, so a job that calls
+``update`` at least every few seconds logs on time. ``snapshot()`` gives the
 same figures as a :class:`ProgressSnapshot` (for an API job's status row). Nothing is shown
 when ``mode="off"``; the summary is logged in ``bar`` and ``log`` modes alike.
+
+Jobs over images use ``unit="images"`` (``tests/test_progress.py`` runs ``imsearch index`` with
+stderr to a file and looks for ``<done>/<total> images (..%), <rate> images/s, ETA ...`` lines).
 
 ``rate`` is ``done`` per second since the start, ``ETA`` is what is left at that rate (``?``
 without a total or before the first item). ``clock`` (a monotonic seconds function) is
@@ -193,12 +196,12 @@ class Progress:
             self._maybe_log()
 
     def set_status(self, **values: object) -> None:
-        """Values shown as given on each line (replaced, not summed): ``loss=0.1234``, ``stage="write"``."""
+        """Values shown as given (replaced, not summed): ``loss=0.1234``, ``stage="write"``; they appear
+        on the next line, so set them before the :meth:`update` that they describe."""
         with self._lock:
             self._status.update(values)
             if self._bar is not None:
                 self._bar.set_postfix_str(self._extras())
-            self._maybe_log()
 
     def snapshot(self) -> ProgressSnapshot:
         with self._lock:

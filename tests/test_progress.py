@@ -12,6 +12,7 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from retrieval.progress import ENV_INTERVAL, Progress, default_interval, format_duration
@@ -189,3 +190,46 @@ def test_imsearch_index_logs_periodic_progress_to_a_file(tmp_path: Path) -> None
     assert done == sorted(done) and all(int(m.group(2)) == 20 for m in lines)
     assert any(0 < d < 20 for d in done), f"no line while the job was running:\n{text}"
     assert all(float(m.group(3)) > 0 for m in lines if int(m.group(1)) > 0)
+
+
+def test_training_logs_loss_throughput_and_eta_and_never_a_nan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from retrieval.train.trainer import Trainer
+    from tests.retrieval.test_train import _photo_groups, _tiny
+
+    monkeypatch.setenv(ENV_INTERVAL, "0")
+    config = _tiny(tmp_path / "run", None, epochs=1, progress=True, pool_size=70, queries_per_epoch=9)
+    with caplog.at_level(logging.INFO, logger="retrieval.train"):
+        Trainer(config, _photo_groups(8, 10)).fit()
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("retrieval.train")]
+    assert not [line for line in lines if "nan" in line.lower()], lines
+    epoch = [line for line in lines if line.startswith("epoch 1/1: ") and " images/s" in line]
+    assert epoch and all("ETA" in line for line in epoch if "done" not in line), lines
+    assert all("loss " in line and "step " in line for line in epoch), epoch  # a loss only once a batch ran
+    assert any(line.startswith("epoch 1/1: done 36/36 images") for line in epoch), epoch  # 9 tuples x 4 images
+    assert any(line.startswith("describing the mining pool: ") for line in lines), lines  # 70 images >= 64
+    assert any(line.startswith("epoch 0/1: no training yet") for line in lines), lines
+
+
+def test_eval_describes_with_progress_lines_and_names_a_broken_image(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from retrieval.errors import EvaluationError
+    from retrieval.evaluate import describe_all
+    from retrieval.models.descriptor import DescriptorModel
+    from retrieval.models.extract import Extractor
+
+    monkeypatch.setenv(ENV_INTERVAL, "0")
+    extractor = Extractor(DescriptorModel.create("efficientnet_lite0", max_side=64, scales=(1.0,)), batch_size=4,
+                          workers=1)
+    photos = f.real_photos(10, stride=301)
+    with caplog.at_level(logging.INFO, logger="retrieval.evaluate"):
+        vectors = describe_all(extractor, photos, desc="eval: describing")
+    np.testing.assert_allclose(vectors, extractor.extract(photos), atol=1e-6)  # in input order
+    lines = [m for m in (LINE.search(r.getMessage()) for r in caplog.records if r.name == "retrieval.evaluate") if m]
+    assert [int(m.group(1)) for m in lines] == list(range(1, 11)) and all(m.group(2) == "10" for m in lines)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    with pytest.raises(EvaluationError, match=r"broken\.jpg"):
+        describe_all(extractor, [*photos[:2], broken])

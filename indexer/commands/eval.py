@@ -14,8 +14,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from indexer.commands.common import add_model_options
 from indexer.config import add_common
 
@@ -82,29 +80,25 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _folder(args: argparse.Namespace, extractor: Any) -> dict[str, Any]:
-    from retrieval.errors import ImsearchError
-    from retrieval.evaluate import evaluate_descriptors, folder_dataset
+    from retrieval.evaluate import describe_all, evaluate_descriptors, folder_dataset
 
     data = folder_dataset(args.folder, distractor_dirs=args.distractors)
-    vectors = np.zeros((len(data.paths), extractor.meta.dim), dtype=np.float32)
-    row = {str(p): i for i, p in enumerate(data.paths)}
-    for res in extractor.iter_extract_paths(data.paths):
-        if not res.ok:
-            raise ImsearchError(f"cannot evaluate: {res.key}: {res.error}")
-        vectors[row[str(res.key)]] = res.descriptor
+    vectors = describe_all(extractor, list(data.paths), desc="eval: describing")
     return {"classes": evaluate_descriptors(vectors, data.labels, ks=(1, 5, 10))}
 
 
 def _revisited(args: argparse.Namespace, extractor: Any) -> dict[str, Any]:
+    import numpy as np
+
     from retrieval.errors import ImsearchError
-    from retrieval.evaluate import evaluate_revisited, load_revisited_gnd, rank_by_similarity
+    from retrieval.evaluate import describe_all, evaluate_revisited, load_revisited_gnd, rank_by_similarity
     from retrieval.imageio import decode_image
 
     if not args.images:
         raise ImsearchError("--gnd needs --images DIR (the folder holding the dataset's jpg files)")
     gnd = load_revisited_gnd(args.gnd)
     folder = Path(args.images)
-    db = extractor.extract([folder / f"{name}.jpg" for name in gnd.imlist])
+    db = describe_all(extractor, [folder / f"{name}.jpg" for name in gnd.imlist], desc="eval: database")
     crops = []
     for name, query in zip(gnd.qimlist, gnd.queries, strict=True):
         pixels = decode_image(folder / f"{name}.jpg").pixels
@@ -112,5 +106,5 @@ def _revisited(args: argparse.Namespace, extractor: Any) -> dict[str, Any]:
             x0, y0, x1, y1 = (round(v) for v in query.bbx)
             pixels = pixels[y0:y1, x0:x1]
         crops.append(np.ascontiguousarray(pixels))
-    queries = extractor.extract(crops)
+    queries = describe_all(extractor, crops, desc="eval: queries")
     return evaluate_revisited(rank_by_similarity(queries, db), gnd)

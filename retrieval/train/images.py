@@ -25,8 +25,12 @@ from torchvision.transforms import v2
 
 from retrieval.errors import ImageDecodeError, TrainingError
 from retrieval.imageio import decode_image
+from retrieval.progress import Mode, Progress
 
 logger = logging.getLogger(__name__)
+
+#: image loads (and, in the trainer, descriptions) shorter than this show no progress
+PROGRESS_MIN_ITEMS = 64
 
 
 def resize_long_side(pixels: np.ndarray, size: int) -> np.ndarray:
@@ -42,10 +46,11 @@ def resize_long_side(pixels: np.ndarray, size: int) -> np.ndarray:
 class ImageCache:
     """Decoded training images at ``size`` (long side), loaded on first use and kept."""
 
-    def __init__(self, paths: Sequence[Path], size: int, *, workers: int = 2) -> None:
+    def __init__(self, paths: Sequence[Path], size: int, *, workers: int = 2, progress: bool = False) -> None:
         self.paths = list(paths)
         self.size = size
         self.workers = max(1, workers)
+        self.progress = progress  # show loads of PROGRESS_MIN_ITEMS images or more
         self._arrays: dict[int, np.ndarray] = {}
 
     def _load(self, index: int) -> np.ndarray:
@@ -61,9 +66,12 @@ class ImageCache:
         todo = sorted({int(i) for i in indices} - set(self._arrays))
         if not todo:
             return
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="imsearch-train-decode") as pool:
+        mode: Mode = "auto" if self.progress and len(todo) >= PROGRESS_MIN_ITEMS else "off"
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="imsearch-train-decode") as pool, \
+                Progress(len(todo), desc="loading training images", unit="images", logger=logger, mode=mode) as bar:
             for i, arr in zip(todo, pool.map(self._load, todo), strict=True):
                 self._arrays[i] = arr
+                bar.update()
 
     def get(self, index: int) -> np.ndarray:
         """``(H, W, 3)`` uint8, long side ``size``."""

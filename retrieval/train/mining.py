@@ -16,8 +16,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from retrieval.errors import TrainingError
 from retrieval.models.descriptor import DescriptorModel
-from retrieval.models.extract import Extractor
+from retrieval.models.extract import ExtractItem, Extractor
+from retrieval.progress import Progress
 from retrieval.train.data import TrainingData
 
 logger = logging.getLogger(__name__)
@@ -119,11 +121,13 @@ def describe_arrays(
     precision: str,
     batch_size: int,
     workers: int,
+    progress: Progress | None = None,
 ) -> np.ndarray:
     """Descriptors ``(n, dim)`` of already-resized images (single scale, no augmentation).
 
     Runs the batched :class:`Extractor` with the model's meta set to one scale at the
     arrays' own size, then restores the meta and every module's training/eval mode.
+    ``progress`` is advanced by one per image described.
     """
     if not arrays:
         return np.zeros((0, model.meta.dim), dtype=np.float32)
@@ -133,7 +137,14 @@ def describe_arrays(
     try:
         model.meta = replace(saved_meta, max_side=int(long_side), scales=(1.0,))
         extractor = Extractor(model, device=device, precision=precision, batch_size=batch_size, workers=workers)
-        return extractor.extract(list(arrays))
+        out = np.zeros((len(arrays), model.meta.dim), dtype=np.float32)
+        for res in extractor.iter_extract(ExtractItem(i, a) for i, a in enumerate(arrays)):
+            if res.error is not None or res.descriptor is None:
+                raise TrainingError(f"training image {res.key} could not be described: {res.error}")
+            out[int(res.key)] = res.descriptor  # type: ignore[call-overload]
+            if progress is not None:
+                progress.update()
+        return out
     finally:
         model.meta = saved_meta
         for module, mode in modes:

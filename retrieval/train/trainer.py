@@ -30,27 +30,30 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from retrieval.errors import TrainingError
 from retrieval.evaluate import evaluate_descriptors
 from retrieval.models.descriptor import DescriptorModel
 from retrieval.models.extract import resolve_device, resolve_precision
+from retrieval.progress import Progress
 from retrieval.train import setup
 from retrieval.train.checkpoint import TrainState, load_checkpoint, save_checkpoint, set_rng_state, state_from_payload
 from retrieval.train.config import RESUMABLE_KEYS, TrainConfig, config_from_dict, differing_keys, resolve_config
 from retrieval.train.config import write_config as write_config_file
 from retrieval.train.data import TrainingData, load_training_data, split_by_group
-from retrieval.train.images import Augmenter, ImageCache
+from retrieval.train.images import PROGRESS_MIN_ITEMS, Augmenter, ImageCache
 from retrieval.train.losses import get_loss
 from retrieval.train.mining import TrainTuple, describe_arrays, mined_tuples, triplet_tuples
 from retrieval.train.plot import plot_history
 
 logger = logging.getLogger(__name__)
+
+#: batches whose mean loss the progress shows
+LOSS_WINDOW = 20
 
 
 @dataclass
@@ -132,9 +135,11 @@ class Trainer:
             logger.info("resumed %s after epoch %d (step %d)", self.out, self.state.epoch, self.state.step)
         write_config_file(config, self.out / "config.json")
         self.loss_fn = get_loss(config.loss)
-        self.cache = ImageCache(self.train_data.paths, config.image_size, workers=config.workers)
+        self.cache = ImageCache(self.train_data.paths, config.image_size, workers=config.workers,
+                                progress=config.progress)
         self.val_cache = (
-            ImageCache(self.val_data.paths, config.image_size, workers=config.workers) if self.val_data else None
+            ImageCache(self.val_data.paths, config.image_size, workers=config.workers, progress=config.progress)
+            if self.val_data else None
         )
         self.augment = Augmenter(
             config.image_size, augment=config.augment, crop_scale=config.crop_scale, crop_ratio=config.crop_ratio,
@@ -185,10 +190,16 @@ class Trainer:
             raise TrainingError("there is no validation data")
         ids = [int(i) for i in indices]
         cache.ensure(ids)
-        return describe_arrays(
-            model or self.model, [cache.get(i) for i in ids], device=self.device, precision=self.config.precision,
-            batch_size=self.config.mining_batch, workers=self.config.workers,
-        )
+        with Progress(len(ids), desc="describing " + ("validation images" if validation else "the mining pool"),
+                      unit="images", logger=logger, mode=self._progress_mode(len(ids))) as progress:
+            return describe_arrays(
+                model or self.model, [cache.get(i) for i in ids], device=self.device, precision=self.config.precision,
+                batch_size=self.config.mining_batch, workers=self.config.workers, progress=progress,
+            )
+
+    def _progress_mode(self, items: int) -> Literal["auto", "off"]:
+        """Progress for long steps only (a handful of images needs no ETA)."""
+        return "auto" if self.config.progress and items >= PROGRESS_MIN_ITEMS else "off"
 
     def epoch_tuples(self, rng: np.random.Generator) -> list[TrainTuple]:
         """This epoch's tuples: listed triplets, or queries with mined negatives."""
@@ -207,18 +218,24 @@ class Trainer:
         return tuples
 
     def train_epoch(self, tuples: Sequence[TrainTuple], epoch: int = 0) -> float:
-        """One pass over ``tuples`` (batches of ``batch_size``); the mean batch loss."""
+        """One pass over ``tuples`` (batches of ``batch_size``); the mean batch loss.
+
+        Progress (bar on a terminal, log lines otherwise): images/s, the epoch's ETA, and the
+        mean loss of the last :data:`LOSS_WINDOW` batches once a batch ran (never a NaN before)."""
         cfg = self.config
         self.cache.ensure([i for t in tuples for i in (t.query, t.positive, *t.negatives)])
         batches = [tuples[i : i + cfg.batch_size] for i in range(0, len(tuples), cfg.batch_size)]
         losses: list[float] = []
         self.optimizer.zero_grad(set_to_none=True)
-        bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", disable=not cfg.progress or None, leave=False)
-        for b, batch in enumerate(bar):
-            losses.append(self._forward_backward(batch, scale=1.0 / cfg.accumulate))
-            if (b + 1) % cfg.accumulate == 0 or b + 1 == len(batches):
-                self._optimizer_step()
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+        n_images = sum(2 + len(t.negatives) for t in tuples)
+        with Progress(n_images, desc=f"epoch {epoch}/{cfg.epochs}", unit="images", logger=logger,
+                      mode="auto" if cfg.progress else "off") as progress:
+            for b, batch in enumerate(batches):
+                losses.append(self._forward_backward(batch, scale=1.0 / cfg.accumulate))
+                if (b + 1) % cfg.accumulate == 0 or b + 1 == len(batches):
+                    self._optimizer_step()
+                progress.set_status(loss=float(np.mean(losses[-LOSS_WINDOW:])), step=self.state.step)
+                progress.update(sum(2 + len(t.negatives) for t in batch))
         self.model.invalidate_fingerprint()
         return float(np.mean(losses)) if losses else float("nan")
 
@@ -316,8 +333,9 @@ class Trainer:
         self.state.history.append(entry)
         self.state.epoch = epoch
         score = metrics.get("val_map", -loss if math.isfinite(loss) else float("-inf"))
-        shown = " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-        logger.info("epoch %d/%d: loss %.4f %s (step %d, %.1f s)", epoch, self.config.epochs, loss, shown,
+        shown = " ".join(([f"loss {loss:.4f}"] if math.isfinite(loss) else []) +  # no loss before the first step
+                         [f"{k} {v:.4f}" for k, v in metrics.items()])
+        logger.info("epoch %d/%d: %s (step %d, %.1f s)", epoch, self.config.epochs, shown or "no training yet",
                     self.state.step, entry["seconds"])
         export.save(self.out / "last.pt")
         if score > self.state.best_score:  # without validation: the lowest-loss epoch
