@@ -182,7 +182,7 @@ def open_tab(browser: Any, url: str, *, viewport: dict[str, int] = DESKTOP, key:
         page.click("#key-box summary")
         page.fill("#api-key", API_KEY)
         page.click("#save-key")
-        assert page.inner_text("#key-state") == "saved for this tab"
+        assert page.text_content("#key-state") == "saved for this tab"
     try:
         yield tab
     except BaseException as exc:

@@ -248,6 +248,9 @@ def test_job_progress_to_completion_then_cancel(browser: Any, server: str, layou
             page.click("#job-start")
         assert resp.value.status == 202
         job_id = resp.value.json()["id"]
+        # a screenshot on the way (best effort: the job may be quicker than the page's polling)
+        wait_js(page, "document.getElementById('job-progress').value > 0 || document.body.dataset.job === 'finished'")
+        shot(page, "job-1-running")
         wait_data(page, "job", "finished", timeout=180)
         job = get_json(f"{server}/api/v1/jobs/{job_id}")
         assert job["status"] == "succeeded" and (job["done"], job["failed"]) == (4, 2)
@@ -262,7 +265,7 @@ def test_job_progress_to_completion_then_cancel(browser: Any, server: str, layou
         assert sorted(Path(f["path"]).name for f in failures) == ["text.jpg", "truncated.jpg"]
         for f, text in zip(failures, shown, strict=True):
             assert f["path"] in text and f["reason"] in text
-        shot(page, "job-1-done")
+        shot(page, "job-2-done")
 
         # a long job, cancelled: it ends as cancelled with what it wrote kept
         page.uncheck("#job-detect")
@@ -272,7 +275,6 @@ def test_job_progress_to_completion_then_cancel(browser: Any, server: str, layou
         assert resp.value.status == 202 and resp.value.json()["params"]["detect"] is False
         job_id = resp.value.json()["id"]
         wait_data(page, "job", "running")
-        shot(page, "job-2-running")
         with page.expect_response(lambda r: r.url.endswith("/cancel")) as resp:
             page.click("#job-cancel")
         assert resp.value.status == 202

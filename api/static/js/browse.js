@@ -75,6 +75,7 @@ export async function load(reset) {
     if (reset) $("browse-grid").textContent = "";
     if (page.facets) renderFacets(page.facets);
     renderItems(page.items);
+    if (!state.loaded) performance.mark("imsearch:first-grid"); // for bench/web.py
     state.next = page.next_offset;
     state.total = page.total;
     state.loaded = true;
@@ -99,10 +100,7 @@ export function markStale() {
 }
 
 export function show() {
-  if (!state.loaded || state.stale) {
-    load(true);
-    return;
-  }
+  if (!state.loaded || state.stale) return load(true);
   const back = state.lastId && $("browse-grid").querySelector(".card[data-id='" + CSS.escape(state.lastId) + "']");
   if (back) back.focus();
 }

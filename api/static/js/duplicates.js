@@ -112,5 +112,5 @@ export function setup(onChange) {
 }
 
 export function show() {
-  load();
+  return load();
 }

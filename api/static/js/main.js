@@ -36,7 +36,7 @@ function route() {
     else link.removeAttribute("aria-current");
   }
   document.body.dataset.view = view;
-  VIEWS[view].show(arg ? decodeURIComponent(arg) : undefined);
+  return VIEWS[view].show(arg ? decodeURIComponent(arg) : undefined);
 }
 
 function setupKey() {
@@ -46,8 +46,9 @@ function setupKey() {
     event.preventDefault();
     setApiKey($("api-key").value.trim());
     $("key-state").textContent = apiKey() ? "saved for this tab" : "cleared";
+    $("key-box").open = false;
     loadStats();
-    search.loadLabels();
+    search.reload();
     route();
   });
 }
@@ -61,7 +62,6 @@ document.addEventListener("DOMContentLoaded", () => {
   add.setup(changed);
   jobs.setup(changed);
   window.addEventListener("hashchange", route);
-  route();
-  loadStats();
-  search.loadLabels();
+  // the view's own requests first: the counts in the header wait for them (one server, two cores)
+  Promise.resolve(route()).finally(loadStats);
 });

@@ -13,7 +13,7 @@ function busy(flag) {
   document.body.dataset.searching = flag ? "true" : "false";
 }
 
-export async function loadLabels() {
+async function loadLabels() {
   const list = $("label-list");
   try {
     const data = await api("/labels");
@@ -232,4 +232,16 @@ export function setup() {
   gridKeys($("results"));
 }
 
-export function show() {}
+let labelsLoaded = false;
+
+// The label list is loaded when the search view is first shown (and again after a new key).
+export function show() {
+  if (!labelsLoaded) {
+    labelsLoaded = true;
+    return loadLabels();
+  }
+}
+
+export function reload() {
+  labelsLoaded = false;
+}
