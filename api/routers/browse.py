@@ -25,7 +25,10 @@ from retrieval.store import catalog
 router = APIRouter(tags=["collection"], dependencies=ReadAccess)
 
 MAX_PAGE = 200
-Prefix = Annotated[str | None, Query(max_length=4096, description="only images with a path starting with this")]
+NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL
+Prefix = Annotated[
+    str | None, Query(max_length=4096, pattern=NO_NUL, description="only images with a path starting with this")
+]
 
 
 @router.get("/images", summary="Browse the collection, a page at a time", responses=problems(*READ_ERRORS))
@@ -87,7 +90,7 @@ def list_images(
 @router.get("/failures", summary="Files that failed to index under a folder", responses=problems(*READ_ERRORS))
 def list_failures(
     engine: EngineDep,
-    prefix: Annotated[str, Query(min_length=1, max_length=4096, description="a folder or path prefix")],
+    prefix: Annotated[str, Query(min_length=1, max_length=4096, pattern=NO_NUL, description="a folder or path prefix")],
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> FailuresResponse:
     """Why files were not indexed (undecodable, too large...), by path; an index job's folder as ``prefix``."""
