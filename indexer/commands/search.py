@@ -87,12 +87,24 @@ def _needs_torch(args: argparse.Namespace) -> str | None:
         ("--box", args.box is not None),
         ("--objects", args.objects),
         ("re-ranking (--aqe/--dba)", bool(args.aqe or args.dba)),
-        ("label or path filters", bool(args.label or args.all_labels or args.no_label or args.path_prefix)),
         ("--show", bool(args.show)),
         ("--device other than cpu/auto", args.device not in ("auto", "cpu")),
     ]
     given = [name for name, present in reasons if present]
     return ", ".join(given) if given else None
+
+
+def _filter(args: argparse.Namespace) -> Any:
+    from retrieval.filters import SearchFilter
+
+    return SearchFilter(
+        labels_any=tuple(args.label),
+        labels_all=tuple(args.all_labels),
+        labels_none=tuple(args.no_label),
+        min_score=args.min_score,
+        min_area=args.min_area,
+        path_prefix=args.path_prefix,
+    )
 
 
 def _quick(args: argparse.Namespace, query: Path | int) -> Any:
@@ -107,7 +119,7 @@ def _quick(args: argparse.Namespace, query: Path | int) -> Any:
         from retrieval.quick.search import QuickSearch
 
         with QuickSearch.open(args.data_dir, db_url=args.db) as quick:
-            return quick.search(query, k=args.k, offset=args.offset, threshold=args.threshold)
+            return quick.search(query, k=args.k, offset=args.offset, threshold=args.threshold, flt=_filter(args))
     except QuickUnavailableError as exc:
         logger.info("fast query path unavailable (%s); using the torch path", exc)
         return None
@@ -133,19 +145,11 @@ def run(args: argparse.Namespace) -> int:
         _print(args, result)
         return 0
     from indexer.commands.common import open_engine
-    from retrieval.filters import SearchFilter
     from retrieval.rerank import RerankOptions
     from retrieval.search import Query
 
     q = Query(image=query, box=args.box) if isinstance(query, Path) else Query(image_id=query, box=args.box)
-    flt = SearchFilter(
-        labels_any=tuple(args.label),
-        labels_all=tuple(args.all_labels),
-        labels_none=tuple(args.no_label),
-        min_score=args.min_score,
-        min_area=args.min_area,
-        path_prefix=args.path_prefix,
-    )
+    flt = _filter(args)
     engine = open_engine(args)
     try:
         result = engine.search(

@@ -14,7 +14,8 @@ onnxruntime, FAISS and the stdlib ``sqlite3`` only:
 * :mod:`.search`: the query path; raises :class:`QuickUnavailableError` whenever it cannot serve a
   query exactly as :class:`retrieval.search.SearchEngine` would, and the caller falls back.
 
-Nothing here imports torch, SQLAlchemy or Alembic (a test checks it in a subprocess).
+Nothing here imports torch, nor SQLAlchemy or Alembic unless a label/path filter is resolved
+(a test checks it in a subprocess).
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@
 index does not match the catalog (another model, another number of vectors) or the catalog is
 not SQLite at the newest schema, it raises :class:`QuickUnavailableError` and the caller uses
 :class:`retrieval.search.SearchEngine`, which repairs in memory. :meth:`QuickSearch.search`
-ranks exactly like :meth:`SearchEngine.search` without filters, boxes, objects or re-ranking
-(score, then image id; ``offset`` paging; ``next_offset``), and gives hits with the fields of
-:class:`retrieval.search.Hit`.
+ranks exactly like :meth:`SearchEngine.search` without boxes, objects or re-ranking (score, then
+image id; label and path filters inside the vector search; ``offset`` paging; ``next_offset``),
+and gives hits with the fields of :class:`retrieval.search.Hit`.
 """
 
 from __future__ import annotations
@@ -17,10 +17,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 
 from retrieval.errors import ImsearchError, NotFoundError
+from retrieval.filters import SearchFilter
 from retrieval.imageio import ImageSource
 from retrieval.quick import QuickUnavailableError
 from retrieval.quick.catalog import SqliteCatalog
@@ -141,9 +143,12 @@ class QuickSearch:
         k: int = 10,
         offset: int = 0,
         threshold: float | None = None,
+        flt: SearchFilter | None = None,
         exclude_query: bool = False,
     ) -> QuickResult:
-        """Results ``offset .. offset + k`` for an image (path or bytes) or an indexed image id."""
+        """Results ``offset .. offset + k`` for an image (path or bytes) or an indexed image id; ``flt``
+        is resolved by the catalog (:func:`retrieval.store.catalog.resolve_filter`, read-only) and
+        applied inside the vector search, as the engine does."""
         if not 1 <= k <= MAX_K:
             raise ImsearchError(f"k must be within 1..{MAX_K}, got {k}")
         if offset < 0 or offset + k > MAX_K:
@@ -153,8 +158,9 @@ class QuickSearch:
         vec = self.describe(query)
         t1 = time.perf_counter()
         exclude = np.array([query], dtype=np.int64) if exclude_query and isinstance(query, int) else None
+        allowed = self.allowed_ids(flt)
         scores, ids = self.index.search(np.ascontiguousarray(vec[None, :], dtype=np.float32), depth + 1,
-                                        exclude_ids=exclude)
+                                        allowed_ids=allowed, exclude_ids=exclude)
         ranked = sorted(((int(i), float(s)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0),
                         key=lambda kv: (-kv[1], kv[0]))
         if threshold is not None:
@@ -166,6 +172,26 @@ class QuickSearch:
         t3 = time.perf_counter()
         timings = {"describe_ms": (t1 - t0) * 1e3, "search_ms": (t2 - t1) * 1e3, "metadata_ms": (t3 - t2) * 1e3}
         return QuickResult(hits, (t3 - t0) * 1e3, None, timings, offset, next_offset)
+
+    def allowed_ids(self, flt: SearchFilter | None) -> np.ndarray | None:
+        """The image ids ``flt`` allows (None: no filter). Imports SQLAlchemy (~0.7 s), never torch."""
+        if flt is None or flt.is_empty:
+            return None
+        import sqlalchemy as sa
+        from sqlalchemy.orm import Session
+
+        from retrieval.store import catalog
+
+        url = f"sqlite+pysqlite:///file:{quote(str(self.catalog.path))}?mode=ro&uri=true"
+        engine = sa.create_engine(url)
+        try:
+            with Session(engine) as session:
+                allowed: np.ndarray = catalog.resolve_filter(session, space="image", flt=flt)
+                return allowed
+        except sa.exc.DBAPIError as exc:
+            raise QuickUnavailableError(f"the filter could not be resolved read-only: {exc.orig}") from exc
+        finally:
+            engine.dispose()
 
     def _hits(self, ranked: list[tuple[int, float]]) -> list[QuickHit]:
         ids = [i for i, _ in ranked]

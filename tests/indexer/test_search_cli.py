@@ -26,7 +26,7 @@ def imsearch(*args: str, data: Path, env: dict[str, str] | None = None,
     full_env.update(PYTHONPATH=str(REPO), **(env or {}))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, cwd=REPO, timeout=600, check=False)
     assert proc.returncode == 0, f"imsearch {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc  # type: ignore[no-any-return]
+    return proc
 
 
 def hits(proc: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:
@@ -90,3 +90,19 @@ def test_the_command_line_never_imports_torch_for_a_fast_search(
     heavy = sorted({line.rsplit("|", 1)[-1].strip().split(".")[0] for line in proc.stderr.splitlines()
                     if line.startswith("import time:")} & {"torch", "sqlalchemy", "alembic", "torchvision"})
     assert heavy == [], f"imported {heavy}; see which module pulls them in with: python -X importtime -m indexer search"
+
+
+def test_label_filters_take_the_quick_path_with_the_same_results(
+    collection: tuple[Path, DescriptorModel, list[Path]],
+) -> None:
+    root, model, photos = collection
+    if not quick_model_ready(root, model.fingerprint):
+        imsearch("search", str(photos[0]), "-k", "1", data=root)  # the first search exports
+    args = ("search", str(photos[5]), "-k", "10", "--label", "dog", "--json")
+    fast = imsearch("-vv", *args, data=root)
+    forced = imsearch(*args, data=root, env={"IMSEARCH_FAST_QUERY": "0"})
+    assert "quick model" in fast.stderr and "torch path" not in fast.stderr, fast.stderr
+    assert [h["image_id"] for h in hits(fast)] == [h["image_id"] for h in hits(forced)]
+    assert 0 < len(hits(fast)) < len(photos) and all(
+        {lab["label"] for lab in h["labels"]} == {"dog"} for h in hits(fast)
+    )

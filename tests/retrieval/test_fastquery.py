@@ -19,6 +19,7 @@ import torch
 
 from retrieval import search as engine_module
 from retrieval.collection import Collection, IndexedImage
+from retrieval.filters import SearchFilter
 from retrieval.models import pooling
 from retrieval.models.descriptor import DescriptorModel
 from retrieval.models.extract import Extractor, input_size
@@ -32,6 +33,7 @@ from retrieval.quick.model import QuickModel, artifact_paths, read_header
 from retrieval.quick.model import input_size as quick_input_size
 from retrieval.search import Query, SearchEngine
 from retrieval.store import catalog
+from retrieval.store.catalog import LabelStat
 from retrieval.store.db import head_revision as alembic_head
 from tests import imagefactory as f
 
@@ -154,9 +156,11 @@ class Env:
 
 
 def build(root: Path, model: DescriptorModel, photos: list[Path]) -> None:
-    """A collection described by the torch Extractor (the reference), written through Collection."""
+    """A collection described by the torch Extractor (the reference), written through Collection;
+    every third photo is labelled "dog", the others "cat"."""
     ex = Extractor(model, batch_size=4, workers=1)
     items = []
+    order = {str(p): i for i, p in enumerate(photos)}
     for res in ex.iter_extract_paths(photos):
         assert res.ok and res.info is not None and res.descriptor is not None
         path = Path(str(res.key))
@@ -165,6 +169,7 @@ def build(root: Path, model: DescriptorModel, photos: list[Path]) -> None:
             sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data), width=res.info.width,
             height=res.info.height, format=res.info.format, descriptor=res.descriptor, path=str(path),
             mtime_ns=path.stat().st_mtime_ns,
+            labels={"detector": [LabelStat("dog" if order[str(path)] % 3 == 0 else "cat", 0.9, 0.3, 1)]},
         ))
     with Collection.open(root, model=model) as col:
         col.write(items)
@@ -256,6 +261,31 @@ def test_quick_search_gives_the_engines_results(env: Env) -> None:
                 assert (quick_by_id.offset, quick_by_id.next_offset) == (by_id.offset, by_id.next_offset)
             with pytest.raises(Exception, match="no indexed image"):
                 quick.search(12345)
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize(
+    "flt",
+    [
+        SearchFilter(labels_any=("dog",)),
+        SearchFilter(labels_none=("dog",)),
+        SearchFilter(path_prefix=str(f.CALTECH / "a")),  # the classes starting with "a"
+    ],
+    ids=["dogs", "no-dogs", "prefix"],
+)
+def test_quick_search_applies_filters_like_the_engine(env: Env, flt: SearchFilter) -> None:
+    engine = SearchEngine.open(env.root)
+    try:
+        with qsearch.QuickSearch.open(env.root) as quick:
+            for offset in (0, 4):
+                want = engine.search(Query(image=env.photos[1]), k=4, offset=offset, flt=flt)
+                got = quick.search(env.photos[1], k=4, offset=offset, flt=flt)
+                same(got.hits, want.hits)
+                assert got.next_offset == want.next_offset
+            allowed = engine.collection.read(catalog.resolve_filter, space="image", flt=flt)
+            assert 0 < len(allowed) < len(env.photos)
+            assert {h.image_id for h in quick.search(env.photos[1], k=30, flt=flt).hits} == set(allowed.tolist())
     finally:
         engine.close()
 
