@@ -116,7 +116,7 @@ def test_job_errors(env: Env) -> None:
     r = c.post("/api/v1/jobs", json={"path": str(env.layout.outside)}, headers=AUTH)
     assert r.status_code == 403 and r.json()["type"].endswith("path-outside-roots")
     r = c.post("/api/v1/jobs", json={"path": str(env.layout.allowed / "escape_dir")}, headers=AUTH)
-    assert r.status_code == 403 and "resolves to" in r.json()["detail"]
+    assert r.status_code == 403 and str(env.layout.outside) not in r.json()["detail"]  # where a link goes: untold
     r = c.post("/api/v1/jobs", json={"path": str(env.layout.allowed / "no-such-folder")}, headers=AUTH)
     assert r.status_code == 404
     assert c.get("/api/v1/jobs/not-a-job", headers=AUTH).status_code == 404
