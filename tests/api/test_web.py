@@ -178,6 +178,7 @@ def open_tab(browser: Any, url: str, *, viewport: dict[str, int] = DESKTOP, key:
     page.on("pageerror", lambda exc: tab.errors.append(str(exc)))
     page.on("console", lambda msg: tab.errors.append(msg.text) if msg.type == "error" else None)
     page.goto(url)
+    wait_js(page, "document.body.dataset.ready !== undefined")  # the first view's module is set up
     if key:
         page.click("#key-box summary")
         page.fill("#api-key", API_KEY)

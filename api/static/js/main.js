@@ -1,16 +1,32 @@
 // imsearch web page: one page, a view per address (#/browse, #/image/<id>, #/search,
 // #/duplicates, #/add, #/jobs). Plain ES modules, no build step; the JSON API under /api/v1.
+// Browse, the default view, is imported up front; another view's module when it is first
+// shown, or once the first view is up.
 
 import { api, apiKey, setApiKey } from "./api.js";
+import * as browse from "./browse.js"; // the default view: imported up front
 import { $ } from "./dom.js";
-import * as add from "./add.js";
-import * as browse from "./browse.js";
-import * as duplicates from "./duplicates.js";
-import * as image from "./image.js";
-import * as jobs from "./jobs.js";
-import * as search from "./search.js";
 
-const VIEWS = { browse, image, search, duplicates, add, jobs };
+const LOADERS = {
+  browse: () => Promise.resolve(browse),
+  image: () => import("./image.js"),
+  search: () => import("./search.js"),
+  duplicates: () => import("./duplicates.js"),
+  add: () => import("./add.js"),
+  jobs: () => import("./jobs.js"),
+};
+const modules = {};
+
+// The module of a view, imported and set up once.
+function view(name) {
+  if (!modules[name]) {
+    modules[name] = LOADERS[name]().then((m) => {
+      m.setup(changed);
+      return m;
+    });
+  }
+  return modules[name];
+}
 
 async function loadStats() {
   try {
@@ -23,20 +39,22 @@ async function loadStats() {
 
 // The collection changed (added, deleted, indexed): browse reloads when shown, the counts now.
 function changed() {
-  browse.markStale();
+  view("browse").then((browse) => browse.markStale());
   loadStats();
 }
 
-function route() {
+async function route() {
   const [name, arg] = location.hash.replace(/^#\/?/, "").split("/");
-  const view = name in VIEWS ? name : "browse";
-  for (const key of Object.keys(VIEWS)) $("view-" + key).hidden = key !== view;
+  const shown = name in LOADERS ? name : "browse";
+  for (const key of Object.keys(LOADERS)) $("view-" + key).hidden = key !== shown;
   for (const link of document.querySelectorAll("nav a")) {
-    if (link.dataset.view === view) link.setAttribute("aria-current", "page");
+    if (link.dataset.view === shown) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
   }
-  document.body.dataset.view = view;
-  return VIEWS[view].show(arg ? decodeURIComponent(arg) : undefined);
+  document.body.dataset.view = shown;
+  const module = await view(shown);
+  document.body.dataset.ready = shown; // the view's module is set up (tests wait for it)
+  return module.show(arg ? decodeURIComponent(arg) : undefined);
 }
 
 function setupKey() {
@@ -48,20 +66,17 @@ function setupKey() {
     $("key-state").textContent = apiKey() ? "saved for this tab" : "cleared";
     $("key-box").open = false;
     loadStats();
-    search.reload();
+    if (modules.search) modules.search.then((search) => search.reload());
     route();
   });
 }
 
 document.addEventListener("DOMContentLoaded", () => {
   setupKey();
-  browse.setup();
-  image.setup();
-  search.setup();
-  duplicates.setup(changed);
-  add.setup(changed);
-  jobs.setup(changed);
   window.addEventListener("hashchange", route);
-  // the view's own requests first: the counts in the header wait for them (one server, two cores)
-  Promise.resolve(route()).finally(loadStats);
+  // the view's own requests first; the header's counts and the other views' modules after them
+  route().finally(() => {
+    loadStats();
+    for (const name of Object.keys(LOADERS)) view(name);
+  });
 });
