@@ -65,6 +65,7 @@ def ingest_settings(settings: Settings, **changes: Any) -> IngestSettings:
         region_min_score=settings.region_min_score,
         max_bytes=settings.max_upload_bytes,
         max_pixels=settings.max_pixels,
+        roots=tuple(str(r) for r in settings.allowed_roots),
         device=settings.device,
     )
     return base.with_(**changes) if changes else base
@@ -98,7 +99,7 @@ class Ingestor:
         """Add a file already on the server (``path`` confined and resolved by the caller)."""
         if not path.is_file():
             raise ApiError(404, f"{path} does not exist or is not a file", kind="not-found", title="Not found")
-        got = read_file(str(path), self.settings.max_upload_bytes)
+        got = read_file(str(path), self.settings.max_upload_bytes, roots=self.describer.settings.roots)
         if isinstance(got, str):
             if "over the limit" in got:
                 raise ApiError(413, f"{path}: {got}", kind="upload-too-large", title="File too large")

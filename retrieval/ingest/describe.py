@@ -23,6 +23,7 @@ import stat
 import threading
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from retrieval.collection import IndexedImage, RegionOut
@@ -245,7 +246,8 @@ class Describer:
             size = item.size_bytes if item.size_bytes is not None else len(item.data)
             return _Read(item, item.data, hashlib.sha256(item.data).hexdigest(), size, item.mtime_ns)
         assert item.path is not None  # checked by SourceItem
-        got = read_file(item.path, limit, follow_symlinks=self.settings.follow_symlinks)
+        st = self.settings
+        got = read_file(item.path, limit, follow_symlinks=st.follow_symlinks, roots=st.roots)
         if isinstance(got, str):
             return Described(item.key, error=got)
         data, size, mtime_ns = got
@@ -311,10 +313,16 @@ class Describer:
         return Described(item.key, image=image)
 
 
-def read_file(path: str, limit: int, *, follow_symlinks: bool = False) -> tuple[bytes, int, int] | str:
+def read_file(
+    path: str, limit: int, *, follow_symlinks: bool = False, roots: Sequence[str] | None = None
+) -> tuple[bytes, int, int] | str:
     """``(bytes, size, mtime_ns)`` of a regular file of at most ``limit`` bytes, or why not (a
     sentence that never quotes the file). A symbolic link is not followed (``O_NOFOLLOW``) unless
-    asked, a FIFO or device is never read, size and time come from the descriptor that was read."""
+    asked, a FIFO or device is never read, size and time come from the descriptor that was read.
+    With ``roots``, the file must resolve inside one of them, checked again on the open file
+    (:func:`retrieval.files.open_confined`: a server's allowed roots)."""
+    if roots is not None:
+        return _read_confined(path, limit, roots)
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
     if not follow_symlinks:
         flags |= getattr(os, "O_NOFOLLOW", 0)
@@ -342,6 +350,28 @@ def read_file(path: str, limit: int, *, follow_symlinks: bool = False) -> tuple[
         return f"cannot read the file: {exc.strerror or exc}"
     finally:
         os.close(fd)
+    if len(data) > limit:
+        return f"the file grew over the limit of {limit} bytes while it was read"
+    return data, len(data), st.st_mtime_ns
+
+
+def _read_confined(path: str, limit: int, roots: Sequence[str]) -> tuple[bytes, int, int] | str:
+    from retrieval.files import FileAccessError, open_confined
+
+    try:
+        _, fh = open_confined(path, [Path(r) for r in roots])
+    except FileAccessError as exc:
+        return str(exc)
+    with fh:
+        try:
+            st = os.fstat(fh.fileno())
+            if st.st_size > limit:
+                return f"file is {st.st_size} bytes, over the limit of {limit}"
+            if st.st_size == 0:
+                return "empty file (0 bytes)"
+            data = fh.read(limit + 1)
+        except OSError as exc:
+            return f"cannot read the file: {exc.strerror or exc}"
     if len(data) > limit:
         return f"the file grew over the limit of {limit} bytes while it was read"
     return data, len(data), st.st_mtime_ns

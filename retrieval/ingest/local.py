@@ -222,7 +222,7 @@ class LocalIngest:
         settings = self.describer.settings
         read: list[tuple[FileEntry, bytes, int, int, str]] = []
         for e in todo:
-            got = read_file(e.path, settings.max_bytes, follow_symlinks=settings.follow_symlinks)
+            got = read_file(e.path, settings.max_bytes, follow_symlinks=settings.follow_symlinks, roots=settings.roots)
             if isinstance(got, str):
                 state.fail(e.path, got, e.size, e.mtime_ns)
                 continue

@@ -30,6 +30,8 @@ class IngestSettings:
     ``region_min_score``: detections at least this sure get a region descriptor.
     ``max_bytes`` / ``max_pixels``: files and images over these are refused (per-file error).
     ``follow_symlinks``: read files through symbolic links (default: a link is refused).
+    ``roots``: files must resolve inside these folders when read (a server's allowed roots);
+    None: anywhere (the command line reads what its operator points it at).
     ``device``, ``precision``, ``engine``, ``batch_size``, ``workers`` (decode threads),
     ``buffer_images``: how the network runs (see :class:`~retrieval.models.extract.Extractor`).
     """
@@ -44,6 +46,7 @@ class IngestSettings:
     max_bytes: int = DEFAULT_MAX_BYTES
     max_pixels: int = DEFAULT_MAX_PIXELS
     follow_symlinks: bool = False
+    roots: tuple[str, ...] | None = None
     device: str = "auto"
     precision: str = "auto"
     engine: str = "torch"
