@@ -87,8 +87,9 @@ def _open(source: ImageSource, name: str, max_bytes: int) -> Image.Image:
     try:
         return Image.open(fp)
     except UnidentifiedImageError:
-        head = fp.getvalue()[:8] if isinstance(fp, io.BytesIO) else b""
-        raise ImageDecodeError(name, f"not a recognized image format (starts with {head!r})") from None
+        raise ImageDecodeError(
+            name, "not a recognized image format (JPEG, PNG, WebP, GIF, BMP or TIFF); is it an image file?"
+        ) from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageDecodeError(name, f"cannot open image: {exc}") from None
 

@@ -142,3 +142,15 @@ def test_real_photos_decode(tmp_path: Path) -> None:
     for path in f.real_photos(5):
         img = decode_image(path)
         assert img.pixels.ndim == 3 and img.pixels.shape[2] == 3
+
+
+def test_an_unknown_format_is_refused_without_quoting_the_file(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.jpg"
+    secret.write_bytes(b"TOPSECRET: not an image at all")
+    for source in (secret, secret.read_bytes()):
+        with pytest.raises(ImageDecodeError) as info:
+            decode_image(source)
+        assert "not a recognized image format" in str(info.value) and "TOPSECRE" not in str(info.value)
+        with pytest.raises(ImageDecodeError) as info:
+            probe_image(source)
+        assert "TOPSECRE" not in str(info.value)
