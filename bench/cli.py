@@ -4,7 +4,9 @@ Each run is a fresh ``imsearch search`` process, as a user starts it. Two figure
 *first result*, from the start of the process to its first result row on stdout, and *wall*,
 to its exit. The torch path is forced with ``IMSEARCH_FAST_QUERY=0``; the quick path is the
 default once the collection's model is exported (the first search does it; this bench runs
-one before timing). The runs alternate between the two paths, over the same query photos.
+one before timing). The runs alternate between the paths, over the same query photos. A third
+row runs the search command alone (its own parser only): what ``imsearch search`` costs once
+no other command's module imports torch when the parser is built.
 
     python -m bench.cli                          # builds a 200-photo collection from ../shared/data
     python -m bench.cli --data-dir imsearch-data --runs 5
@@ -46,9 +48,22 @@ def imsearch(args: list[str], env: dict[str, str]) -> subprocess.CompletedProces
                           cwd=REPO, timeout=1800, check=False)
 
 
-def timed_search(query: Path, data_dir: Path, k: int, fast: bool) -> tuple[float, float]:
+#: the search command alone, without building the parser of every other command (what `imsearch search`
+#: costs once no command module imports torch at parse time)
+ALONE = ("import argparse, logging, sys; from indexer.commands import search; logging.basicConfig(level=20); "
+         "p = argparse.ArgumentParser(); "
+         "search.register(p.add_subparsers()); sys.exit(search.run(p.parse_args(sys.argv[1:])))")
+MODES = {
+    "torch": ("today (torch, IMSEARCH_FAST_QUERY=0)", False, ("-m", "indexer")),
+    "quick": ("quick (onnxruntime + numpy)", True, ("-m", "indexer")),
+    "alone": ("quick, search command alone", True, ("-c", ALONE)),
+}
+
+
+def timed_search(query: Path, data_dir: Path, k: int, mode: str) -> tuple[float, float]:
     """(seconds to the first result row, seconds to exit) of one `imsearch search` process."""
-    cmd = [sys.executable, "-m", "indexer", "search", str(query), "-k", str(k), "--data-dir", str(data_dir)]
+    _, fast, entry = MODES[mode]
+    cmd = [sys.executable, *entry, "search", str(query), "-k", str(k), "--data-dir", str(data_dir)]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env_for(fast),
                             cwd=REPO)
@@ -104,19 +119,19 @@ def main(argv: list[str] | None = None) -> int:
             sys.exit(f"imsearch search failed:\n{warm.stderr}")
         exported = "exported the model" in warm.stderr
         print(f"warm-up search ({'exported the model for fast queries' if exported else 'model already exported'})")
-        times: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+        times: dict[str, list[tuple[float, float]]] = {mode: [] for mode in MODES}
         for query in queries:
-            for fast in (False, True):
-                times[fast].append(timed_search(query, data_dir, args.k, fast))
+            for mode in MODES:
+                times[mode].append(timed_search(query, data_dir, args.k, mode))
         print(f"\n`imsearch search IMAGE -k {args.k}` on {data_dir} ({args.runs} runs each, seconds; "
               f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f})")
-        print(f"{'path':34s} {'first result: median':>21s} {'min':>6s} {'max':>6s} {'wall: median':>13s} {'min':>6s}")
-        for fast, label in ((False, "today (torch, IMSEARCH_FAST_QUERY=0)"), (True, "quick (onnxruntime + numpy)")):
-            first = [t[0] for t in times[fast]]
-            wall = [t[1] for t in times[fast]]
-            print(f"{label[:34]:34s} {statistics.median(first):21.2f} {min(first):6.2f} {max(first):6.2f} "
+        print(f"{'path':38s} {'first result: median':>21s} {'min':>6s} {'max':>6s} {'wall: median':>13s} {'min':>6s}")
+        for mode, (label, _, _) in MODES.items():
+            first = [t[0] for t in times[mode]]
+            wall = [t[1] for t in times[mode]]
+            print(f"{label:38s} {statistics.median(first):21.2f} {min(first):6.2f} {max(first):6.2f} "
                   f"{statistics.median(wall):13.2f} {min(wall):6.2f}")
-        speedup = statistics.median(t[0] for t in times[False]) / statistics.median(t[0] for t in times[True])
+        speedup = statistics.median(t[0] for t in times["torch"]) / statistics.median(t[0] for t in times["quick"])
         print(f"speed-up to the first result: {speedup:.1f}x")
         print(f"building the imsearch parser (all commands): {parser_imports()} (seconds, heavy modules loaded)")
     finally:
