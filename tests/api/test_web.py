@@ -223,6 +223,15 @@ def images_loaded(page: Any, selector: str) -> None:
     wait_js(page, f"Array.from(document.querySelectorAll('{selector} img')).{every}")
 
 
+def scroll_through(page: Any) -> None:
+    """Scroll the page from top to bottom a window at a time (lazy images below the fold load)."""
+    height = int(page.evaluate("document.documentElement.scrollHeight"))
+    for y in range(0, height, int(page.viewport_size["height"]) // 2):
+        page.evaluate(f"window.scrollTo(0, {y})")
+        time.sleep(0.05)
+    page.evaluate("window.scrollTo(0, 0)")
+
+
 def shot(page: Any, name: str) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"web-{name}.png"), full_page=True)
@@ -241,7 +250,7 @@ def test_search_upload_filter_click_box_and_more(browser: Any, server: str, layo
     with open_tab(browser, server + "/#/search", key=False) as tab:
         page = tab.page
         page.wait_for_selector("#label-list label[data-label='person']")
-        assert "images" in page.inner_text("#stats")
+        wait_js(page, "document.getElementById('stats').textContent.includes(' images · ')")  # after the view's own
 
         # 1. pick a photo: a first page of 12 results, the photo itself first, then "more"
         page.select_option("#k", "12")
@@ -308,6 +317,15 @@ def test_search_upload_filter_click_box_and_more(browser: Any, server: str, layo
         wait_data(page, "searching", "false")
         assert page.is_visible("#box") and page.is_visible("#clear-box") and ids_in(page, "#results .card")
         shot(page, "search-3-box")
+
+    with open_tab(browser, server + "/#/search", viewport=PHONE, key=False) as tab:
+        tab.page.set_input_files("#file", str(query))
+        tab.page.wait_for_selector("#results .card")
+        wait_data(tab.page, "searching", "false")
+        scroll_through(tab.page)
+        images_loaded(tab.page, "#results")
+        fits_width(tab.page)
+        shot(tab.page, "search-4-375px")
 
 
 # ---------------------------------------------------------------------------- browse
@@ -376,6 +394,7 @@ def test_browse_pages_facets_sort_prefix_and_keyboard(browser: Any, server: str,
     with open_tab(browser, server + "/#/browse", viewport=PHONE, key=False) as tab:
         page = tab.page
         wait_js(page, f"document.querySelectorAll('#browse-grid .card').length === {everything['total']}")
+        scroll_through(page)
         images_loaded(page, "#browse-grid")
         fits_width(page)
         shot(page, "browse-3-375px")

@@ -96,6 +96,7 @@ function findObject(region) {
 }
 
 export async function show(id) {
+  delete document.body.dataset.image; // set again once this photo is shown
   $("image-title").textContent = "Loading…";
   $("image-boxes").textContent = "";
   $("image-img").removeAttribute("src");
