@@ -128,12 +128,17 @@ def _quick(args: argparse.Namespace, query: Path | int) -> Any:
 def _export(collection: Any) -> None:
     """After a torch search: export the collection's model so that the next plain search skips torch."""
     from retrieval.errors import ImsearchError
+    from retrieval.quick import QuickUnavailableError
     from retrieval.quick.export import export_quick_model, quick_model_ready
+    from retrieval.quick.model import export_failure
 
-    if quick_model_ready(collection.root, collection.model.fingerprint):
+    root, fingerprint = collection.root, collection.model.fingerprint
+    if quick_model_ready(root, fingerprint) or export_failure(root, fingerprint) is not None:
         return
     try:
-        export_quick_model(collection.root, collection.model)
+        export_quick_model(root, collection.model)
+    except QuickUnavailableError as exc:
+        logger.info("the model cannot run without torch (%s); searches keep using torch", exc)
     except (ImsearchError, OSError) as exc:
         logger.warning("could not export the model for fast queries (%s); searches keep using torch", exc)
 

@@ -22,14 +22,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from retrieval.errors import ImsearchError
 from retrieval.models.descriptor import DescriptorModel
 from retrieval.models.extract import Extractor
 from retrieval.models.fuse import fuse_conv_bn
 from retrieval.models.onnx_backbone import export_onnx, onnx_available
 from retrieval.quick import QuickUnavailableError
 from retrieval.quick.head import POOLINGS
-from retrieval.quick.model import ARTIFACT_VERSION, MIN_EXPORT_COSINE, QuickModel, artifact_paths, read_header
+from retrieval.quick.model import (
+    ARTIFACT_VERSION,
+    MIN_EXPORT_COSINE,
+    QuickModel,
+    artifact_paths,
+    export_failure,
+    failure_path,
+    read_header,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -101,12 +108,25 @@ def export_quick_model(root: str | os.PathLike[str], model: DescriptorModel) -> 
     """Write (or find) ``models/<fp>.onnx`` and ``models/<fp>.head.npz`` of ``model`` in the collection at ``root``.
 
     Raises :class:`QuickUnavailableError` when the model cannot run this way (pooling without a
-    numpy head, no onnxruntime) and :class:`ImsearchError` when the export does not match torch.
+    numpy head, no onnxruntime, an export that does not match torch). A model that cannot be
+    exported is recorded (:func:`~retrieval.quick.model.failure_path`) and not tried again.
     """
     root = Path(root)
     onnx_path, head_path = artifact_paths(root, model.fingerprint)
     if quick_model_ready(root, model.fingerprint):
         return onnx_path, head_path
+    failed = export_failure(root, model.fingerprint)
+    if failed is not None:
+        raise QuickUnavailableError(f"{failed} (recorded in {failure_path(root, model.fingerprint)})")
+    try:
+        return _export(root, model, onnx_path, head_path)
+    except QuickUnavailableError as exc:
+        failure_path(root, model.fingerprint).parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(failure_path(root, model.fingerprint), f"{exc}\n".encode())
+        raise
+
+
+def _export(root: Path, model: DescriptorModel, onnx_path: Path, head_path: Path) -> tuple[Path, Path]:
     if model.meta.pooling not in POOLINGS:
         raise QuickUnavailableError(f"pooling {model.meta.pooling!r} has no numpy head")
     if not onnx_available():
@@ -137,7 +157,7 @@ def export_quick_model(root: str | os.PathLike[str], model: DescriptorModel) -> 
         cosine = float(np.min(np.sum(reference * ours, axis=1)))
         if not cosine >= MIN_EXPORT_COSINE:
             onnx_path.unlink(missing_ok=True)
-            raise ImsearchError(
+            raise QuickUnavailableError(
                 f"the ONNX export of {model.meta.describe()} does not match torch (cosine {cosine:.6f} < "
                 f"{MIN_EXPORT_COSINE}); searches keep using torch. Please report this model"
             )

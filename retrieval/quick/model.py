@@ -44,6 +44,21 @@ def artifact_paths(root: Path, fingerprint: str) -> tuple[Path, Path]:
     return stem.with_suffix(".onnx"), stem.with_suffix(".head.npz")
 
 
+def failure_path(root: Path, fingerprint: str) -> Path:
+    """Where a failed export leaves its reason (``models/<fp>.quick-failed``), so that searches do not
+    retry it every time; delete the file to try again (e.g. after upgrading onnxruntime)."""
+    return root / "models" / f"{fingerprint[:16]}.quick-failed"
+
+
+def export_failure(root: Path, fingerprint: str) -> str | None:
+    """The reason a previous export of the model failed, if one did."""
+    path = failure_path(root, fingerprint)
+    try:
+        return path.read_text(encoding="utf-8").strip() or "unknown reason"
+    except FileNotFoundError:
+        return None
+
+
 def input_size(width: int, height: int, max_side: int, scale: float, stride: int) -> tuple[int, int]:
     """Network input ``(width, height)``: :func:`retrieval.models.extract.input_size` (tested equal)."""
     target = max_side * scale

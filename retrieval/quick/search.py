@@ -26,7 +26,7 @@ from retrieval.filters import SearchFilter
 from retrieval.imageio import ImageSource
 from retrieval.quick import QuickUnavailableError
 from retrieval.quick.catalog import SqliteCatalog
-from retrieval.quick.model import QuickModel, artifact_paths
+from retrieval.quick.model import QuickModel, artifact_paths, export_failure, failure_path
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +99,9 @@ class QuickSearch:
             if active is None:
                 raise QuickUnavailableError(f"the collection at {path} has no model yet")
             head_path = artifact_paths(path, active.fingerprint)[1]
+            failed = export_failure(path, active.fingerprint)
+            if failed is not None:
+                raise QuickUnavailableError(f"{failed} (recorded in {failure_path(path, active.fingerprint)})")
             if not head_path.is_file():
                 raise QuickUnavailableError(f"the model has not been exported for fast queries yet ({head_path})")
             index = _load_index(path / "index" / "image", active.fingerprint, catalog.vector_count("image"))

@@ -29,7 +29,7 @@ from retrieval.quick import head as qhead
 from retrieval.quick import search as qsearch
 from retrieval.quick.catalog import SqliteCatalog, head_revision
 from retrieval.quick.export import export_quick_model, quick_model_ready
-from retrieval.quick.model import QuickModel, artifact_paths, read_header
+from retrieval.quick.model import QuickModel, artifact_paths, failure_path, read_header
 from retrieval.quick.model import input_size as quick_input_size
 from retrieval.search import Query, SearchEngine
 from retrieval.store import catalog
@@ -356,3 +356,27 @@ def test_a_fast_search_imports_no_torch(env: Env) -> None:
     lines = proc.stdout.strip().splitlines()
     assert json.loads(lines[-1]) == [], proc.stdout
     assert str(env.photos[3]) in proc.stdout and "3 results" in proc.stdout
+
+
+def test_a_model_that_cannot_be_exported_is_recorded_and_not_retried(tmp_path: Path) -> None:
+    model = DescriptorModel.create("efficientnet_lite0", weights="random", max_side=64, scales=(1.0,))
+    model.meta = dataclasses.replace(model.meta, pooling="netvlad")  # a head numpy does not have
+    model.invalidate_fingerprint()
+    with pytest.raises(QuickUnavailableError, match="netvlad"):
+        export_quick_model(tmp_path, model)
+    marker = failure_path(tmp_path, model.fingerprint)
+    assert "netvlad" in marker.read_text() and not artifact_paths(tmp_path, model.fingerprint)[0].exists()
+    marker.write_text("recorded reason\n")
+    with pytest.raises(QuickUnavailableError, match="recorded reason"):  # not tried again
+        export_quick_model(tmp_path, model)
+
+
+def test_a_recorded_failure_sends_searches_to_torch(env: Env) -> None:
+    marker = failure_path(env.root, env.model.fingerprint)
+    marker.write_text("the export did not match torch\n")
+    try:
+        with pytest.raises(QuickUnavailableError, match="did not match"):
+            qsearch.QuickSearch.open(env.root)
+    finally:
+        marker.unlink()
+    qsearch.QuickSearch.open(env.root).close()
