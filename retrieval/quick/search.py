@@ -98,12 +98,6 @@ class QuickSearch:
             active = catalog.active_model()
             if active is None:
                 raise QuickUnavailableError(f"the collection at {path} has no model yet")
-            head_path = artifact_paths(path, active.fingerprint)[1]
-            failed = export_failure(path, active.fingerprint)
-            if failed is not None:
-                raise QuickUnavailableError(f"{failed} (recorded in {failure_path(path, active.fingerprint)})")
-            if not head_path.is_file():
-                raise QuickUnavailableError(f"the model has not been exported for fast queries yet ({head_path})")
             index = _load_index(path / "index" / "image", active.fingerprint, catalog.vector_count("image"))
         except BaseException:
             catalog.close()
@@ -112,9 +106,15 @@ class QuickSearch:
 
     @property
     def model(self) -> QuickModel:
-        """The exported model (loaded on the first query by image)."""
+        """The exported model (loaded on the first query by image; a query by id needs none)."""
         if self._model is None:
-            model = QuickModel(*artifact_paths(self.root, self.fingerprint))
+            failed = export_failure(self.root, self.fingerprint)
+            if failed is not None:
+                raise QuickUnavailableError(f"{failed} (recorded in {failure_path(self.root, self.fingerprint)})")
+            onnx_path, head_path = artifact_paths(self.root, self.fingerprint)
+            if not head_path.is_file():
+                raise QuickUnavailableError(f"the model has not been exported for fast queries yet ({head_path})")
+            model = QuickModel(onnx_path, head_path)
             if model.fingerprint != self.fingerprint:
                 raise QuickUnavailableError("the exported model is not the collection's")
             self._model = model

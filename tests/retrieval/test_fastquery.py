@@ -375,8 +375,12 @@ def test_a_recorded_failure_sends_searches_to_torch(env: Env) -> None:
     marker = failure_path(env.root, env.model.fingerprint)
     marker.write_text("the export did not match torch\n")
     try:
-        with pytest.raises(QuickUnavailableError, match="did not match"):
-            qsearch.QuickSearch.open(env.root)
+        with qsearch.QuickSearch.open(env.root) as quick:
+            image_id = int(quick.index.ids()[0])
+            assert quick.search(image_id, k=1).hits[0].image_id == image_id  # by id: no model needed
+            with pytest.raises(QuickUnavailableError, match="did not match"):
+                quick.search(env.photos[0], k=1)
     finally:
         marker.unlink()
-    qsearch.QuickSearch.open(env.root).close()
+    with qsearch.QuickSearch.open(env.root) as quick:
+        assert quick.search(env.photos[0], k=1).hits[0].path == str(env.photos[0])
