@@ -216,12 +216,12 @@ class QuickSearch:
 
 def _load_index(directory: Path, fingerprint: str, catalog_count: int) -> Any:
     from retrieval.errors import VectorIndexError
-    from retrieval.index.faiss_index import FaissIndex
+    from retrieval.index.factory import load_index
 
     if not directory.is_dir():
         raise QuickUnavailableError(f"no saved image index at {directory}")
-    try:
-        index = FaissIndex.load(directory, mmap=True, gpu=False)
+    try:  # single or sharded (shards in this process), read-only, vectors left on disk
+        index = load_index(directory, mmap=True, gpu=False)
     except VectorIndexError as exc:
         raise QuickUnavailableError(f"the saved index {directory} is unreadable ({exc})") from exc
     if index.model_info.get("fingerprint") != fingerprint:

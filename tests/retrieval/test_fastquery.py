@@ -155,7 +155,7 @@ class Env:
     photos: list[Path]
 
 
-def build(root: Path, model: DescriptorModel, photos: list[Path]) -> None:
+def build(root: Path, model: DescriptorModel, photos: list[Path], *, shards: int | None = None) -> None:
     """A collection described by the torch Extractor (the reference), written through Collection;
     every third photo is labelled "dog", the others "cat"."""
     ex = Extractor(model, batch_size=4, workers=1)
@@ -171,7 +171,7 @@ def build(root: Path, model: DescriptorModel, photos: list[Path]) -> None:
             mtime_ns=path.stat().st_mtime_ns,
             labels={"detector": [LabelStat("dog" if order[str(path)] % 3 == 0 else "cat", 0.9, 0.3, 1)]},
         ))
-    with Collection.open(root, model=model) as col:
+    with Collection.open(root, model=model, shards=shards) as col:
         col.write(items)
 
 
@@ -384,3 +384,19 @@ def test_a_recorded_failure_sends_searches_to_torch(env: Env) -> None:
         marker.unlink()
     with qsearch.QuickSearch.open(env.root) as quick:
         assert quick.search(env.photos[0], k=1).hits[0].path == str(env.photos[0])
+
+
+def test_a_sharded_collection_is_served_too(env: Env, tmp_path: Path) -> None:
+    build(tmp_path, env.model, env.photos[:12], shards=3)
+    export_quick_model(tmp_path, env.model)
+    engine = SearchEngine.open(tmp_path)
+    try:
+        assert engine.collection.index_info()["image"]["shards"] == 3
+        with qsearch.QuickSearch.open(tmp_path) as quick:
+            for offset in (0, 5):
+                want = engine.search(Query(image=env.photos[2]), k=5, offset=offset)
+                got = quick.search(env.photos[2], k=5, offset=offset)
+                same(got.hits, want.hits)
+                assert got.next_offset == want.next_offset
+    finally:
+        engine.close()
