@@ -170,7 +170,10 @@ def test_format_duration() -> None:
 
 
 def test_imsearch_index_logs_periodic_progress_to_a_file(tmp_path: Path) -> None:
-    """`imsearch index` with stderr to a file (not a terminal) logs done/total, images/s and ETA lines."""
+    """`imsearch index` with stderr to a file (not a terminal) logs done/total, images/s and ETA lines.
+
+    Small batches and commits: 20 photos then take several progress steps, whether the pipeline
+    counts images when they are described or when their batch is committed."""
     photos = tmp_path / "photos"
     photos.mkdir()
     for i, p in enumerate(f.real_photos(20, stride=211)):
@@ -178,7 +181,7 @@ def test_imsearch_index_logs_periodic_progress_to_a_file(tmp_path: Path) -> None
     err = tmp_path / "stderr.log"
     env = dict(os.environ, PYTHONPATH=str(REPO), **{ENV_INTERVAL: "0.5"})
     cmd = [sys.executable, "-m", "indexer", "index", str(photos), "--data-dir", str(tmp_path / "data"),
-           "--batch-size", "2", "--workers", "1"]
+           "--batch-size", "2", "--workers", "1", "--commit-every", "4"]
     with err.open("w") as fh:
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=fh, text=True, env=env, cwd=REPO, timeout=600,
                               check=False)
