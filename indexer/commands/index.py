@@ -134,6 +134,18 @@ def run(args: argparse.Namespace) -> int:
         for line in summary.lines():
             print(line)
         print(f"collection: {collection.root} ({collection.count('image')} images)")
+        _export_quick_model(collection)
         return 130 if summary.interrupted else 0
     finally:
         collection.close()
+
+
+def _export_quick_model(collection: Any) -> None:
+    """Ready the collection's model for ``imsearch search``'s torch-free path (once per model)."""
+    from retrieval.quick import QuickUnavailableError
+    from retrieval.quick.export import export_quick_model
+
+    try:
+        export_quick_model(collection.root, collection.model)
+    except QuickUnavailableError as exc:
+        logger.info("imsearch search will use torch for this collection: %s", exc)
