@@ -8,7 +8,8 @@
    start-up and model loading included). Target: Ray with 2 workers >= 0.9 x local on this
    2-core machine (the engine's overhead is small). The 1-worker Ray rate is the per-worker
    rate ``docs/scale.md`` plans with.
-2. **Index**: :func:`bench.scale_index.run` — single vs sharded index at 1M vectors with 1, 2, 4
+2. **RAM per vector** of each index kind at dim 1280 (what the 100M plan in ``docs/scale.md`` uses).
+3. **Index**: :func:`bench.scale_index.run` — single vs sharded index at 1M vectors with 1, 2, 4
    shards (p50/p99 latency, recall@10, build time, peak RSS per process).
 
     python -m bench.scale                              # 1000 photos, then 1M vectors
@@ -85,6 +86,35 @@ def ingestion(n_photos: int) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def bytes_per_vector(dim: int = 1280, n: int = 20_000, kinds: tuple[str, ...] = ("flat", "ivfsq", "ivfpq", "hnsw")
+                     ) -> None:
+    """RAM per vector of each index kind at the default model's dimension, measured on ``n`` seeded
+    unit vectors (``FaissIndex.memory_usage``: the FAISS structure, and the id maps); the full
+    vectors kept for exact re-ranking live on disk (memory-mapped), ``dim * 4`` bytes each."""
+    import numpy as np
+
+    from retrieval.index import create_index
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, dim)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    print(f"\nindex RAM per vector, {n} vectors of dim {dim} (full vectors on disk: {dim * 4} B each)")
+    print("| kind | FAISS structure | FAISS B/vector | id maps B/vector | coarse quantizer + codebooks B/vector "
+          "(shrinks with n) |")
+    print("|---|---|---|---|---|")
+    for kind in kinds:
+        index = create_index(dim, kind=kind)
+        index.add(np.arange(n, dtype=np.int64), x)
+        index.retrain()
+        usage = index.memory_usage()
+        faiss_b, ids_b = usage["faiss"] / n, usage["id_map"] / n
+        factory = index.factory
+        nlist = int(factory.split(",")[0][3:]) if factory.startswith("IVF") else 0
+        fixed = nlist * dim * 4 + (64 * 256 * (dim // 64) * 4 if "PQ" in factory else 0)
+        print(f"| {kind} | {factory} | {faiss_b:.0f} | {ids_b:.0f} | {fixed / n:.0f} |")
+        index.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--photos", type=int, default=1000, help="photos for the ingestion runs (0 = all)")
@@ -93,9 +123,12 @@ def main() -> None:
     parser.add_argument("--shards", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--skip-ingestion", action="store_true")
     parser.add_argument("--skip-index", action="store_true")
+    parser.add_argument("--skip-bytes", action="store_true", help="skip the RAM-per-vector table (dim 1280)")
     args = parser.parse_args()
     if not args.skip_ingestion:
         ingestion(args.photos)
+    if not args.skip_bytes:
+        bytes_per_vector()
     if not args.skip_index:
         from bench import scale_index
 
