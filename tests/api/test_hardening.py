@@ -588,3 +588,31 @@ def test_docs_and_page_load_with_only_loopback(server: Server) -> None:
             browser.close()
     assert not aborted, aborted
     assert not errors, errors
+
+
+def test_an_index_job_never_reads_through_a_link_out_of_the_roots(server: Server) -> None:
+    """A job over a folder with a link to a file outside the roots, and a link to an outside
+    folder: only the real photo is indexed, and nothing of the outside files shows anywhere."""
+    folder = server.allowed / "jobswap"
+    folder.mkdir()
+    shutil.copyfile(CALTECH / "crab/image_0002.jpg", folder / "real.jpg")
+    secret = server.outside / "job-secret.jpg"
+    secret_like(secret, 6000)
+    (folder / "link.jpg").symlink_to(secret)
+    (folder / "linkdir").symlink_to(server.outside)
+    status, _, body = post_json(server.url + "/api/v1/jobs", {"path": str(folder)}, key=True)
+    assert status in (200, 201, 202), body
+    job_id = json.loads(body)["id"]
+    deadline = time.monotonic() + 240
+    while True:
+        status, _, body = request(f"{server.url}/api/v1/jobs/{job_id}", headers=KEY)
+        job = json.loads(body)
+        if job["finished"]:
+            break
+        assert time.monotonic() < deadline, job
+        time.sleep(0.3)
+    assert job["status"] == "succeeded" and job["done"] == 1 and job["failed"] == 0, job
+    status, _, body = request(server.url + "/api/v1/images?limit=200")
+    paths = [item.get("path") for item in json.loads(body)["items"]]
+    assert str(folder / "real.jpg") in paths and not [p for p in paths if p and "secret" in p]
+    assert LEAK not in json.dumps(job) and LEAK not in server.log_text()
