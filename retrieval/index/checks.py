@@ -60,3 +60,16 @@ def check_vectors(x: Any, dim: int, name: str = "vectors") -> np.ndarray:
         bad = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
         raise VectorIndexError(f"{name} row {bad} holds NaN or inf; fix the descriptor before indexing")
     return x
+
+
+def check_search(
+    queries: Any, k: Any, dim: int, *, allowed_ids: Any, exclude_ids: Any, params: Any, params_type: type
+) -> tuple[np.ndarray, int, np.ndarray | None, np.ndarray | None]:
+    """The arguments of a ``search`` (any index kind), checked: ``(queries, k, allowed, exclude)``."""
+    q = check_vectors(queries, dim, "queries")
+    k = check_k(k)
+    allowed = None if allowed_ids is None else check_ids(allowed_ids, "allowed_ids")
+    exclude = None if exclude_ids is None else check_ids(exclude_ids, "exclude_ids")
+    if params is not None and not isinstance(params, params_type):
+        raise VectorIndexError(f"params must be a {params_type.__name__}, got {type(params).__name__}")
+    return q, k, allowed, exclude

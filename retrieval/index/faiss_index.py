@@ -36,7 +36,7 @@ import numpy as np
 
 from retrieval.errors import UnknownNameError, VectorIndexError
 from retrieval.index import persist as io
-from retrieval.index.checks import check_dim, check_ids, check_k, check_vectors
+from retrieval.index.checks import check_dim, check_ids, check_search, check_vectors
 from retrieval.index.lock import DirLock, RWLock
 from retrieval.index.merge import boundary_ties, rank
 from retrieval.index.rowstore import RowStore
@@ -149,12 +149,10 @@ class FaissIndex:
         params: SearchParams | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (inner products, ids) of each query among allowed, non-excluded ids."""
-        q = check_vectors(queries, self._dim, "queries")
-        k = check_k(k)
-        allowed = None if allowed_ids is None else check_ids(allowed_ids, "allowed_ids")
-        exclude = None if exclude_ids is None else check_ids(exclude_ids, "exclude_ids")
-        if params is not None and not isinstance(params, SearchParams):
-            raise VectorIndexError(f"params must be a SearchParams, got {type(params).__name__}")
+        q, k, allowed, exclude = check_search(
+            queries, k, self._dim, allowed_ids=allowed_ids, exclude_ids=exclude_ids, params=params,
+            params_type=SearchParams,
+        )
         params = params or SearchParams()
         with self._lock.read():
             store, s = self._store, self._structure

@@ -39,7 +39,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from retrieval.errors import VectorIndexError
-from retrieval.index.checks import check_dim, check_ids, check_k, check_vectors
+from retrieval.index.checks import check_dim, check_ids, check_search, check_vectors
 from retrieval.index.faiss_index import FaissIndex
 from retrieval.index.merge import merge_results
 from retrieval.index.search import SearchParams
@@ -307,12 +307,10 @@ class ShardedIndex:
         params: SearchParams | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (inner products, ids) of each query over every shard; see the module docstring."""
-        q = check_vectors(queries, self._dim, "queries")
-        k = check_k(k)
-        allowed = None if allowed_ids is None else check_ids(allowed_ids, "allowed_ids")
-        exclude = None if exclude_ids is None else check_ids(exclude_ids, "exclude_ids")
-        if params is not None and not isinstance(params, SearchParams):
-            raise VectorIndexError(f"params must be a SearchParams, got {type(params).__name__}")
+        q, k, allowed, exclude = check_search(
+            queries, k, self._dim, allowed_ids=allowed_ids, exclude_ids=exclude_ids, params=params,
+            params_type=SearchParams,
+        )
         allowed_parts = None if allowed is None else [allowed[p] for p in self._split(allowed)]
         exclude_parts = None if exclude is None else [exclude[p] for p in self._split(exclude)]
         pending = []
