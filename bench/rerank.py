@@ -21,7 +21,6 @@ averaged with its own top n neighbours.
 from __future__ import annotations
 
 import argparse
-import io
 import time
 from collections import defaultdict
 from collections.abc import Hashable, Sequence
@@ -30,8 +29,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
+from PIL import Image
 
+from retrieval.edits import CLASSIC_EDITS, classic_edit
 from retrieval.evaluate import folder_dataset
 from retrieval.models.descriptor import DescriptorModel
 from retrieval.models.extract import ExtractItem, Extractor
@@ -39,35 +39,7 @@ from retrieval.models.pooling import l2n
 from retrieval.rerank import weighted_average
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-EDITS = ("crop", "rotate", "flip", "colour", "blur", "jpeg", "caption")
-
-
-def edit(img: Image.Image, kind: str, rng: np.random.Generator) -> Image.Image:
-    w, h = img.size
-    if kind == "crop":  # keep 60-80 % of each side
-        fw, fh = rng.uniform(0.6, 0.8, size=2)
-        x0, y0 = rng.uniform(0, 1 - fw) * w, rng.uniform(0, 1 - fh) * h
-        return img.crop((int(x0), int(y0), int(x0 + fw * w), int(y0 + fh * h)))
-    if kind == "rotate":
-        return img.rotate(float(rng.uniform(8, 15)) * rng.choice([-1, 1]), expand=True, fillcolor=(0, 0, 0))
-    if kind == "flip":
-        return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    if kind == "colour":
-        out = ImageEnhance.Color(img).enhance(float(rng.uniform(0.2, 1.8)))
-        return ImageEnhance.Brightness(out).enhance(float(rng.uniform(0.7, 1.3)))
-    if kind == "blur":
-        return img.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(2, 3.5))))
-    if kind == "jpeg":
-        buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=int(rng.integers(5, 12)))
-        return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
-    if kind == "caption":  # a bar with text over the bottom 20 %
-        out = img.copy()
-        draw = ImageDraw.Draw(out)
-        draw.rectangle([0, int(h * 0.8), w, h], fill=(20, 20, 20))
-        draw.text((8, int(h * 0.83)), "when you see it... #caption #meme", fill=(255, 255, 255))
-        return out
-    raise ValueError(kind)
+EDITS = CLASSIC_EDITS
 
 
 def per_scale(model: DescriptorModel, sources: Sequence[Any], batch: int) -> np.ndarray:
@@ -146,7 +118,7 @@ def main() -> None:
     for idx in originals:
         img = Image.open(paths[idx]).convert("RGB")
         for kind in EDITS:
-            copies.append(np.asarray(edit(img, kind, rng)))
+            copies.append(np.asarray(classic_edit(img, kind, rng)))
             truth.append(idx)
             kinds.append(kind)
     q_scales = per_scale(model, copies, args.batch)
