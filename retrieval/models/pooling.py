@@ -26,8 +26,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from retrieval.errors import UnknownNameError
+from retrieval.models.pooling_defaults import (
+    EPS,
+    GEM_P,
+    RELU_PLUS_EPS,
+    RGEM_PR,
+    RGEM_SIZE,
+    RMAC_LEVELS,
+    RMAC_OVERLAP,
+    SCALE_AGGS,
+    SCALE_GEM_P,
+)
 
-EPS = 1e-6
 #: Candidate numbers of regions along the long side at the coarsest R-MAC level.
 _RMAC_STEPS = (2, 3, 4, 5, 6, 7)
 
@@ -50,9 +60,84 @@ def spoc(x: Tensor) -> Tensor:
     return x.mean(dim=(-2, -1))
 
 
-def gem(x: Tensor, p: Tensor | float = 3.0, eps: float = EPS) -> Tensor:
+def gem(x: Tensor, p: Tensor | float = GEM_P, eps: float = EPS) -> Tensor:
     """Generalized-mean pooling ``(mean(x^p))^(1/p)``: ``(B, C, H, W) -> (B, C)``."""
     return x.clamp(min=eps).pow(p).mean(dim=(-2, -1)).pow(1.0 / p)
+
+
+def relu_plus(x: Tensor, eps: float = RELU_PLUS_EPS) -> Tensor:
+    """ReLU+ of SuperGlobal: activations clamped at the floor ``eps`` (> 0) before pooling."""
+    return x.clamp(min=eps)
+
+
+def _check_window(size: int) -> int:
+    if int(size) != size or size < 1 or size % 2 == 0:
+        raise ValueError(f"the regional GeM window must be an odd number of cells >= 1, got {size}")
+    return int(size)
+
+
+def local_gem(x: Tensor, p: float = RGEM_PR, size: int = RGEM_SIZE, eps: float = EPS) -> Tensor:
+    """Power mean (exponent ``p``) of each cell's ``size x size`` neighbourhood: ``(B, C, H, W) -> same``.
+
+    The window is centred on the cell and clipped to the map (border cells average fewer
+    cells); activations are clamped at ``eps`` first, as in :func:`gem`.
+    """
+    size = _check_window(size)
+    powered = x.clamp(min=eps).pow(p)
+    mean = F.avg_pool2d(powered, size, stride=1, padding=size // 2, count_include_pad=False)
+    return mean.pow(1.0 / p)
+
+
+def regional_gem(
+    x: Tensor, p: Tensor | float = GEM_P, pr: float = RGEM_PR, size: int = RGEM_SIZE, eps: float = EPS
+) -> Tensor:
+    """Regional GeM: ``gem((x + local_gem(x, pr, size)) / 2, p)``: ``(B, C, H, W) -> (B, C)``."""
+    return gem(0.5 * (x + local_gem(x, pr, size, eps)), p, eps)
+
+
+def scale_gem(per_scale: Tensor, p: float = SCALE_GEM_P) -> Tensor:
+    """Scale-GeM: ``(S, B, D)`` per-scale descriptors -> ``(B, D)``, not normalized.
+
+    ``p = inf``: the element-wise maximum over the scales. Otherwise the power mean over the
+    scales of the descriptors shifted by ``gamma``, each sample's minimum over all its scales
+    and dimensions (so whitened, signed descriptors work too), shifted back:
+    ``(mean_s (x_s - gamma)^p)^(1/p) + gamma``.
+    """
+    if per_scale.dim() != 3:
+        raise ValueError(f"per-scale descriptors are (scales, batch, dim), got shape {tuple(per_scale.shape)}")
+    if math.isinf(p):
+        return per_scale.amax(dim=0)
+    if not p > 0:
+        raise ValueError(f"the Scale-GeM exponent must be > 0, got {p}")
+    gamma = per_scale.amin(dim=(0, 2), keepdim=True)  # (1, B, 1)
+    return (per_scale - gamma).pow(p).mean(dim=0).pow(1.0 / p) + gamma[0]
+
+
+def _sum_scales(per_scale: Tensor, p: float) -> Tensor:
+    total = per_scale[0]
+    for vec in per_scale[1:]:  # one scale after the other, as the extractor has always added them
+        total = total + vec
+    return total
+
+
+_SCALE_COMBINERS: dict[str, Callable[[Tensor, float], Tensor]] = {
+    "sum": _sum_scales,
+    "max": lambda v, p: scale_gem(v, math.inf),
+    "gem": scale_gem,
+}
+
+
+def combine_scales(per_scale: Tensor, agg: str = "sum", p: float = SCALE_GEM_P) -> Tensor:
+    """The image descriptor from its L2-normalized per-scale descriptors ``(S, B, D)``: ``-> (B, D)``, L2-normalized.
+
+    ``agg``: ``"sum"`` (the default and the behaviour of every model before Scale-GeM),
+    ``"max"`` or ``"gem"`` (:func:`scale_gem` with exponent ``p``).
+    """
+    try:
+        combine = _SCALE_COMBINERS[agg]
+    except KeyError:
+        raise UnknownNameError("scale aggregation", agg, list(SCALE_AGGS)) from None
+    return l2n(combine(per_scale, p), dim=-1)
 
 
 def _long_side_regions(short: int, long: int, overlap: float) -> int:
@@ -76,7 +161,9 @@ def _starts(extent: int, size: int, count: int) -> list[int]:
 
 
 @lru_cache(maxsize=4096)
-def rmac_regions(height: int, width: int, levels: int = 3, overlap: float = 0.4) -> tuple[Region, ...]:
+def rmac_regions(
+    height: int, width: int, levels: int = RMAC_LEVELS, overlap: float = RMAC_OVERLAP
+) -> tuple[Region, ...]:
     """The R-MAC region grid of Tolias et al. (2016) on an ``height x width`` map.
 
     Level ``l = 1..levels`` has square regions of side ``floor(2 * min(H, W) / (l + 1))``
@@ -131,14 +218,14 @@ def region_mac(x: Tensor, regions: Sequence[Region]) -> Tensor:
     return out
 
 
-def rmac_region_vectors(x: Tensor, levels: int = 3, overlap: float = 0.4) -> Tensor:
+def rmac_region_vectors(x: Tensor, levels: int = RMAC_LEVELS, overlap: float = RMAC_OVERLAP) -> Tensor:
     """L2-normalized R-MAC region vectors ``(B, R, C)``, before whitening and sum."""
     regions = rmac_regions(int(x.shape[-2]), int(x.shape[-1]), levels, overlap)
     return l2n(region_mac(x, regions), dim=-1)
 
 
 def rmac(
-    x: Tensor, levels: int = 3, overlap: float = 0.4, projection: Projection | None = None
+    x: Tensor, levels: int = RMAC_LEVELS, overlap: float = RMAC_OVERLAP, projection: Projection | None = None
 ) -> Tensor:
     """R-MAC: region MACs -> L2 -> [projection -> L2] -> sum -> L2. ``(B, C, H, W) -> (B, D)``.
 
@@ -171,7 +258,7 @@ class SPoC(nn.Module):
 class GeM(nn.Module):
     """Module twin of :func:`gem`; ``p`` is a learnable parameter unless ``learn_p=False``."""
 
-    def __init__(self, p: float = 3.0, eps: float = EPS, learn_p: bool = True) -> None:
+    def __init__(self, p: float = GEM_P, eps: float = EPS, learn_p: bool = True) -> None:
         super().__init__()
         self.p = nn.Parameter(torch.tensor([float(p)]), requires_grad=learn_p)
         self.eps = eps
@@ -183,10 +270,45 @@ class GeM(nn.Module):
         return f"p={float(self.p.detach()[0]):.4f}, eps={self.eps}"
 
 
+class RegionalGeM(GeM):
+    """Module twin of :func:`regional_gem`; ``p`` (of the final GeM) is a parameter as in :class:`GeM`."""
+
+    def __init__(
+        self, p: float = GEM_P, pr: float = RGEM_PR, size: int = RGEM_SIZE, eps: float = EPS, learn_p: bool = True
+    ) -> None:
+        super().__init__(p, eps, learn_p)
+        if not pr > 0:
+            raise ValueError(f"the regional GeM exponent pr must be > 0, got {pr}")
+        self.pr = float(pr)
+        self.size = _check_window(size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return regional_gem(x, self.p, self.pr, self.size, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, pr={self.pr}, size={self.size}"
+
+
+class ReLUPlus(nn.Module):
+    """Module twin of :func:`relu_plus` (holds the floor only)."""
+
+    def __init__(self, eps: float = RELU_PLUS_EPS) -> None:
+        super().__init__()
+        if not eps > 0:
+            raise ValueError(f"the ReLU+ floor must be > 0, got {eps}")
+        self.eps = float(eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return relu_plus(x, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"eps={self.eps}"
+
+
 class RMAC(nn.Module):
     """Module twin of :func:`rmac` (holds the grid settings only)."""
 
-    def __init__(self, levels: int = 3, overlap: float = 0.4) -> None:
+    def __init__(self, levels: int = RMAC_LEVELS, overlap: float = RMAC_OVERLAP) -> None:
         super().__init__()
         self.levels = levels
         self.overlap = overlap
@@ -198,11 +320,13 @@ class RMAC(nn.Module):
         return f"levels={self.levels}, overlap={self.overlap}"
 
 
-POOLINGS: dict[str, Callable[..., nn.Module]] = {"mac": MAC, "spoc": SPoC, "gem": GeM, "rmac": RMAC}
+POOLINGS: dict[str, Callable[..., nn.Module]] = {
+    "mac": MAC, "spoc": SPoC, "gem": GeM, "rgem": RegionalGeM, "rmac": RMAC,
+}
 
 
 def create_pooling(name: str, **params: float | int | bool) -> nn.Module:
-    """Build a pooling module by name (``mac``, ``spoc``, ``gem``, ``rmac``)."""
+    """Build a pooling module by name (``mac``, ``spoc``, ``gem``, ``rgem``, ``rmac``)."""
     try:
         factory = POOLINGS[name]
     except KeyError:

@@ -194,7 +194,8 @@ def test_modules_are_twins_of_functions() -> None:
     assert torch.equal(P.create_pooling("spoc")(x), P.spoc(x))
     assert torch.allclose(P.create_pooling("gem", p=3.0).double()(x), P.gem(x, 3.0))
     assert torch.equal(P.create_pooling("rmac", levels=2)(x), P.rmac(x, levels=2))
-    with pytest.raises(UnknownNameError, match="valid poolings: gem, mac, rmac, spoc"):
+    assert torch.allclose(P.create_pooling("rgem", p=4.0, pr=2.0, size=3).double()(x), P.regional_gem(x, 4.0, 2.0, 3))
+    with pytest.raises(UnknownNameError, match="valid poolings: gem, mac, rgem, rmac, spoc"):
         P.create_pooling("avg")
 
 
@@ -218,3 +219,116 @@ def test_pool_boxes_uses_the_same_head() -> None:
     assert part.shape == (2, 4)
     assert torch.allclose(part[0], P.rmac(fmap[None, :, 1:7, 2:8])[0])
     assert torch.allclose(part[1], P.l2n(fmap[:, 0, 0])[None][0], atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- SuperGlobal options
+
+
+def ref_relu_plus(x: np.ndarray, eps: float) -> np.ndarray:
+    out = x.copy()
+    for idx in np.ndindex(*x.shape):
+        out[idx] = max(x[idx], eps)
+    return out
+
+
+def ref_local_gem(x: np.ndarray, p: float, size: int) -> np.ndarray:
+    """Each cell: power mean of the cells of its size x size window that lie on the map."""
+    b, c, h, w = x.shape
+    r = size // 2
+    out = np.zeros_like(x)
+    for i in range(b):
+        for k in range(c):
+            for y in range(h):
+                for z in range(w):
+                    vals = [
+                        max(x[i, k, yy, zz], 1e-6) ** p
+                        for yy in range(y - r, y + r + 1)
+                        for zz in range(z - r, z + r + 1)
+                        if 0 <= yy < h and 0 <= zz < w
+                    ]
+                    out[i, k, y, z] = (sum(vals) / len(vals)) ** (1 / p)
+    return out
+
+
+def ref_scale_gem(v: np.ndarray, p: float) -> np.ndarray:
+    """(S, B, D) -> (B, D): max over scales (p = inf) or the power mean of v - min(v) per sample."""
+    s, b, d = v.shape
+    out = np.zeros((b, d))
+    for i in range(b):
+        gamma = min(v[t, i, j] for t in range(s) for j in range(d))
+        for j in range(d):
+            if math.isinf(p):
+                out[i, j] = max(v[t, i, j] for t in range(s))
+            else:
+                out[i, j] = (sum((v[t, i, j] - gamma) ** p for t in range(s)) / s) ** (1 / p) + gamma
+    return out
+
+
+def test_relu_plus_matches_loop() -> None:
+    x = _maps(6, (2, 3, 4, 5)) - 1.0  # some activations below the floor, some negative
+    for eps in (0.014, 0.5):
+        np.testing.assert_array_equal(P.relu_plus(x, eps).numpy(), ref_relu_plus(x.numpy(), eps))
+    assert torch.equal(P.ReLUPlus(0.5)(x), P.relu_plus(x, 0.5))
+    with pytest.raises(ValueError, match="floor"):
+        P.ReLUPlus(0.0)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 7, 10), (1, 2, 1, 1), (1, 3, 2, 3), (1, 2, 9, 4)])
+@pytest.mark.parametrize("size", [1, 3, 5])
+def test_local_and_regional_gem_match_loops(shape: tuple[int, int, int, int], size: int) -> None:
+    x = _maps(7, shape)
+    xn = x.numpy()
+    local = ref_local_gem(xn, 2.5, size)
+    np.testing.assert_allclose(P.local_gem(x, 2.5, size).numpy(), local, rtol=1e-10)
+    want = ref_gem((xn + local) / 2, 4.6)
+    np.testing.assert_allclose(P.regional_gem(x, 4.6, 2.5, size).numpy(), want, rtol=1e-10)
+
+
+def test_regional_gem_limits_and_window() -> None:
+    x = _maps(8, (2, 3, 6, 8))
+    # a 1-cell window averages each cell with itself: plain GeM
+    np.testing.assert_allclose(P.regional_gem(x, 3.0, 2.5, 1).numpy(), P.gem(x, 3.0).numpy(), rtol=1e-12)
+    # a constant map stays constant
+    const = torch.full((1, 2, 5, 5), 0.7, dtype=torch.float64)
+    np.testing.assert_allclose(P.regional_gem(const, 4.6).numpy(), 0.7, rtol=1e-12)
+    for bad in (0, 2, 4.5):
+        with pytest.raises(ValueError, match="odd"):
+            P.local_gem(x, 2.5, bad)  # type: ignore[arg-type]
+    module = P.RegionalGeM(p=4.6).double()
+    assert isinstance(module, P.GeM) and module.p.requires_grad and (module.pr, module.size) == (2.5, 5)
+    module(x.requires_grad_(True)).sum().backward()
+    assert module.p.grad is not None and torch.isfinite(module.p.grad).all()
+
+
+def test_regional_gem_gradcheck_on_p() -> None:
+    x = _maps(9, (1, 2, 4, 3)).requires_grad_(True)
+    p = torch.tensor([3.5], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: P.regional_gem(a, b, 2.5, 3), (x, p), eps=1e-6, atol=1e-5)
+
+
+def test_scale_gem_and_combine_scales_match_loops() -> None:
+    g = torch.Generator().manual_seed(10)
+    per_scale = P.l2n(torch.randn(3, 4, 6, generator=g, dtype=torch.float64))  # signed (whitened-like)
+    v = per_scale.numpy()
+    for p in (math.inf, 1.0, 10.0):
+        np.testing.assert_allclose(P.scale_gem(per_scale, p).numpy(), ref_scale_gem(v, p), rtol=1e-9, atol=1e-12)
+    summed = v[0] + v[1] + v[2]
+    want = {
+        "sum": summed,
+        "max": ref_scale_gem(v, math.inf),
+        "gem": ref_scale_gem(v, 10.0),
+    }
+    for agg in P.SCALE_AGGS:
+        got = P.combine_scales(per_scale, agg, 10.0).numpy()
+        np.testing.assert_allclose(got, want[agg] / np.linalg.norm(want[agg], axis=1, keepdims=True), atol=1e-6)
+    # the sum is the one the extractor has always computed, bit for bit
+    f32 = per_scale.float()
+    assert torch.equal(P.combine_scales(f32, "sum"), P.l2n(f32[0] + f32[1] + f32[2]))
+    # p = 1: the arithmetic mean; one scale: the scale itself
+    np.testing.assert_allclose(P.scale_gem(per_scale, 1.0).numpy(), v.mean(axis=0), atol=1e-12)
+    for agg in P.SCALE_AGGS:
+        np.testing.assert_allclose(P.combine_scales(per_scale[:1], agg).numpy(), v[0], atol=1e-6)
+    with pytest.raises(UnknownNameError, match="valid scale aggregations: gem, max, sum"):
+        P.combine_scales(per_scale, "mean")
+    with pytest.raises(ValueError, match="scales, batch, dim"):
+        P.scale_gem(per_scale[0], 3.0)
