@@ -1,4 +1,13 @@
-"""DescriptorModel: backbone -> pooling -> [whitening] -> L2, saved as one artifact with its metadata.
+"""DescriptorModel: backbone -> [ReLU+] -> pooling -> [whitening] -> L2 per scale, scales combined -> L2,
+saved as one artifact with its metadata.
+
+Pooling options (:mod:`retrieval.models.pooling`): ``pooling`` names the pooling
+(``rmac``, ``gem``, ``rgem``, ``mac``, ``spoc``) and ``pooling_params`` its settings (e.g.
+``{"p": 4.6}`` for GeM+); the extra key ``relu_eps`` turns on ReLU+ (activations clamped at
+that floor before pooling). ``scale_agg`` says how the per-scale descriptors become one:
+``"sum"`` (the default), ``"max"`` or ``"gem"`` (Scale-GeM, exponent ``scale_p``). Defaults
+are left out of the stored metadata, so every model saved before these options has the same
+metadata, fingerprint and descriptors as before.
 
 The model's identity (:class:`ModelMeta` plus a fingerprint of its weights) is stored
 with every index built by it; querying an index with another model is a
@@ -22,9 +31,20 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from retrieval.errors import ModelFormatError, ModelMismatchError
+from retrieval.errors import ImsearchError, ModelFormatError, ModelMismatchError
 from retrieval.models.backbones import DEFAULT_BACKBONE, Backbone, backbone_spec, create_backbone
-from retrieval.models.pooling import GeM, create_pooling, l2n, pool_boxes, rmac_region_vectors
+from retrieval.models.pooling import (
+    RMAC,
+    GeM,
+    RegionalGeM,
+    ReLUPlus,
+    combine_scales,
+    create_pooling,
+    l2n,
+    pool_boxes,
+    rmac_region_vectors,
+)
+from retrieval.models.pooling_defaults import EPS, SCALE_AGGS, SCALE_GEM_P
 from retrieval.models.whitening import Whitening, WhiteningParams
 
 logger = logging.getLogger(__name__)
@@ -33,6 +53,8 @@ ARTIFACT_FORMAT = "imsearch-descriptor-model"
 FORMAT_VERSION = 1
 DEFAULT_SCALES = (1.0, 1.0 / math.sqrt(2.0), 0.5)
 DEFAULT_MAX_SIDE = 512
+#: the ``pooling_params`` key of ReLU+ (not a parameter of the pooling itself)
+RELU_EPS_KEY = "relu_eps"
 Box = tuple[float, float, float, float]
 
 
@@ -54,11 +76,26 @@ class ModelMeta:
     dim: int = 1280
     name: str = ""
     format_version: int = FORMAT_VERSION
+    scale_agg: str = "sum"
+    scale_p: float = SCALE_GEM_P  # Scale-GeM's exponent; used (and stored) only with scale_agg "gem"
+
+    def __post_init__(self) -> None:
+        if self.scale_agg not in SCALE_AGGS:
+            raise ModelFormatError(f"scale_agg must be one of {', '.join(SCALE_AGGS)}, got {self.scale_agg!r}")
+        if self.scale_agg != "gem":  # one meta per model: an unused exponent does not make another one
+            object.__setattr__(self, "scale_p", SCALE_GEM_P)
+        elif not (isinstance(self.scale_p, (int, float)) and 0 < float(self.scale_p) < math.inf):
+            raise ModelFormatError(f"scale_p (Scale-GeM's exponent) must be a number in (0, inf), got {self.scale_p!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["scales"] = list(self.scales)
         d["mean"], d["std"] = list(self.mean), list(self.std)
+        # defaults left out: models from before these fields keep their metadata and fingerprint
+        if self.scale_agg == "sum":
+            del d["scale_agg"]
+        if self.scale_agg != "gem":
+            del d["scale_p"]
         return d
 
     @classmethod
@@ -79,6 +116,8 @@ class ModelMeta:
             d["scales"] = tuple(float(s) for s in d.get("scales", DEFAULT_SCALES))
             d["mean"] = tuple(float(s) for s in d["mean"])
             d["std"] = tuple(float(s) for s in d["std"])
+            if "scale_p" in d:
+                d["scale_p"] = float(d["scale_p"])
             return cls(**d)
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelFormatError(f"invalid model metadata: {exc}") from exc
@@ -92,8 +131,13 @@ class ModelMeta:
     def describe(self) -> str:
         white = f"whitened to {self.whitening['dim']}" if self.whitening else "no whitening"
         scales = ",".join(f"{s:.3g}" for s in self.scales)
+        pooling = self.pooling
+        if self.pooling_params:
+            pooling += "(" + ", ".join(f"{k}={v:g}" for k, v in sorted(self.pooling_params.items())) + ")"
+        if self.scale_agg != "sum":
+            scales += f" ({self.scale_agg}" + (f" p={self.scale_p:g})" if self.scale_agg == "gem" else ")")
         return (
-            f"{self.backbone} ({self.weights}), {self.pooling}, {white}, dim {self.dim}, "
+            f"{self.backbone} ({self.weights}), {pooling}, {white}, dim {self.dim}, "
             f"max side {self.max_side}, scales {scales}"
         )
 
@@ -105,7 +149,16 @@ class DescriptorModel(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.meta = meta
-        self.pool = create_pooling(meta.pooling, **meta.pooling_params)
+        params = dict(meta.pooling_params)
+        relu_eps = params.pop(RELU_EPS_KEY, None)
+        try:
+            self.pool = create_pooling(meta.pooling, **params)
+            #: ReLU+ before pooling (no weights: the state dict is the same with or without it)
+            self.relu_plus = None if relu_eps is None else ReLUPlus(float(relu_eps))
+        except (TypeError, ValueError) as exc:
+            raise ModelFormatError(
+                f"invalid pooling settings {meta.pooling!r} {dict(meta.pooling_params)}: {exc}"
+            ) from exc
         self.whiten = whitening
         self.register_buffer("mean", torch.tensor(meta.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(meta.std).view(1, 3, 1, 1), persistent=False)
@@ -122,10 +175,16 @@ class DescriptorModel(nn.Module):
         pooling_params: dict[str, float] | None = None,
         scales: Sequence[float] = DEFAULT_SCALES,
         max_side: int = DEFAULT_MAX_SIDE,
+        scale_agg: str = "sum",
+        scale_p: float = SCALE_GEM_P,
         name: str = "",
         seed: int = 0,
     ) -> DescriptorModel:
-        """A model with no whitening, from a registered backbone and its weights."""
+        """A model with no whitening, from a registered backbone and its weights.
+
+        ``pooling_params`` may hold ``relu_eps`` (ReLU+); ``scale_agg``/``scale_p`` choose how
+        the scales are combined (see the module docstring).
+        """
         spec = backbone_spec(backbone)
         scales_t = tuple(float(s) for s in scales)
         if not scales_t or any(not 0.0 < s <= 4.0 for s in scales_t):
@@ -146,6 +205,8 @@ class DescriptorModel(nn.Module):
             channels=spec.out_channels,
             dim=spec.out_channels,
             name=name,
+            scale_agg=scale_agg,
+            scale_p=float(scale_p),
         )
         model = cls(net, meta)
         model.eval()
@@ -186,9 +247,17 @@ class DescriptorModel(nn.Module):
         out: Tensor = self.backbone(x)
         return out
 
-    def head(self, feats: Tensor) -> Tensor:
-        """Pool -> [whiten] -> L2, on float32 features: ``(B, C, h, w) -> (B, dim)``."""
+    @property
+    def scales_summed(self) -> bool:
+        """Whether the image descriptor is the L2-normalized sum of the per-scale ones (what the
+        :class:`~retrieval.models.extract.Extractor` computes): ``scale_agg="sum"`` or one scale."""
+        return self.meta.scale_agg == "sum" or len(self.meta.scales) == 1
+
+    def scale_descriptor(self, feats: Tensor) -> Tensor:
+        """One scale's descriptor, [ReLU+] -> pool -> [whiten] -> L2 of float32 maps: ``(B, C, h, w) -> (B, dim)``."""
         feats = feats.float()
+        if self.relu_plus is not None:
+            feats = self.relu_plus(feats)
         if self.meta.pooling == "rmac":
             out: Tensor = self.pool(feats, projection=self.whiten)
             return out
@@ -196,6 +265,31 @@ class DescriptorModel(nn.Module):
         if self.whiten is not None:
             vec = l2n(self.whiten(vec))
         return vec
+
+    def head(self, feats: Tensor) -> Tensor:
+        """:meth:`scale_descriptor`, for callers that add the scales up (the extractor, training).
+
+        A model that combines its scales otherwise (Scale-GeM) refuses: summing its per-scale
+        descriptors would give other descriptors than the model's. Combine them with
+        :meth:`combine_scales` instead.
+        """
+        if not self.scales_summed:
+            raise ImsearchError(
+                f"this model combines its {len(self.meta.scales)} scales by {self.meta.scale_agg!r}, which the "
+                "extractor does not do yet (it adds them up); describe images with a model made with "
+                "scale_agg='sum' or with one scale"
+            )
+        return self.scale_descriptor(feats)
+
+    def combine_scales(self, per_scale: Tensor) -> Tensor:
+        """The image descriptors ``(B, dim)`` from the per-scale ones ``(S, B, dim)``, by ``meta.scale_agg``."""
+        return combine_scales(per_scale.float(), self.meta.scale_agg, self.meta.scale_p)
+
+    def describe_maps(self, maps: Sequence[Tensor]) -> Tensor:
+        """The descriptors ``(B, dim)`` of a batch from its feature maps at each of the model's scales."""
+        if len(maps) != len(self.meta.scales):
+            raise ImsearchError(f"the model has {len(self.meta.scales)} scales, got {len(maps)} feature maps")
+        return self.combine_scales(torch.stack([self.scale_descriptor(m) for m in maps]))
 
     def head_boxes(self, feats: Tensor, boxes: Sequence[Sequence[float]]) -> Tensor:
         """Descriptors of boxes (input-pixel coordinates) on one image's ``(C, h, w)`` map."""
@@ -206,11 +300,29 @@ class DescriptorModel(nn.Module):
     def whitening_vectors(self, feats: Tensor) -> Tensor:
         """The vectors whitening is learned from: R-MAC region vectors, else L2-normalized pooled vectors."""
         feats = feats.float()
-        if self.meta.pooling == "rmac":
-            levels = int(self.meta.pooling_params.get("levels", 3))
-            overlap = float(self.meta.pooling_params.get("overlap", 0.4))
-            return rmac_region_vectors(feats, levels, overlap).flatten(0, 1)
+        if self.relu_plus is not None:
+            feats = self.relu_plus(feats)
+        if isinstance(self.pool, RMAC):
+            return rmac_region_vectors(feats, self.pool.levels, self.pool.overlap).flatten(0, 1)
         return l2n(self.pool(feats))
+
+    def head_settings(self) -> dict[str, Any]:
+        """Every setting of the head with defaults resolved (what a twin of it, e.g. the numpy head, needs)."""
+        pool = self.pool
+        out: dict[str, Any] = {
+            "pooling": self.meta.pooling,
+            "relu_eps": None if self.relu_plus is None else self.relu_plus.eps,
+            "scale_agg": self.meta.scale_agg,
+            "scale_p": self.meta.scale_p,
+        }
+        if isinstance(pool, RMAC):
+            out.update(levels=int(pool.levels), overlap=float(pool.overlap))
+        if isinstance(pool, GeM):
+            out.update(p=float(pool.p.detach()[0]), eps=float(pool.eps))
+        if isinstance(pool, RegionalGeM):
+            out.update(pr=pool.pr, size=pool.size)
+        out.setdefault("eps", EPS)
+        return out
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(self.normalize(x)))

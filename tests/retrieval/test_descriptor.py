@@ -6,12 +6,19 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-from retrieval.errors import ModelFormatError, ModelMismatchError, UnknownNameError, WeightsUnavailableError
+from retrieval.errors import (
+    ImsearchError,
+    ModelFormatError,
+    ModelMismatchError,
+    UnknownNameError,
+    WeightsUnavailableError,
+)
 from retrieval.models.backbones import BACKBONES, create_backbone
 from retrieval.models.descriptor import DescriptorModel
 from retrieval.models.whitening import learn_pca_whitening
@@ -85,7 +92,7 @@ def test_local_weights_file(tmp_path: Path) -> None:
     torch.save(full.state_dict(), path)
     backbone, origin = create_backbone("resnet50", path)
     assert origin.startswith("file:r50.pth#sha256=")
-    assert torch.equal(backbone.body[0].weight, full.conv1.weight)
+    assert torch.equal(backbone.body[0].weight, full.conv1.weight)  # type: ignore[index]
     with pytest.raises(WeightsUnavailableError, match="does not exist"):
         create_backbone("resnet50", tmp_path / "missing.pth")
     torch.save({"a": torch.zeros(3)}, tmp_path / "bad.pth")
@@ -154,3 +161,100 @@ def test_bad_settings_are_refused() -> None:
         DescriptorModel.create(weights="random", scales=())
     with pytest.raises(ModelFormatError, match="max_side"):
         DescriptorModel.create(weights="random", max_side=10)
+
+
+# ----------------------------------------------------------------------------- SuperGlobal options
+
+#: ModelMeta's stored fields before the SuperGlobal options: a default model's metadata (hence its
+#: fingerprint) must not change
+OLD_META_FIELDS = {
+    "backbone", "weights", "pooling", "pooling_params", "scales", "max_side", "mean", "std", "stride",
+    "channels", "whitening", "dim", "name", "format_version",
+}
+
+
+def _maps(model: DescriptorModel, seed: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.rand(2, model.meta.channels, h, w, generator=g) * 2 for h, w in ((4, 6), (3, 4))]
+
+
+def test_default_metadata_is_unchanged_by_the_new_options(lite0: DescriptorModel) -> None:
+    for model in (lite0, DescriptorModel.create("efficientnet_lite0", weights="random", pooling="gem",
+                                                pooling_params={"p": 2.5}, max_side=128)):
+        assert set(model.meta.to_dict()) == OLD_META_FIELDS
+        assert model.scales_summed and model.relu_plus is None
+        assert not any(k.startswith("relu") for k in model.state_dict())
+    assert DescriptorModel.create("efficientnet_lite0", weights="random", scale_agg="max",
+                                  scale_p=3.0).meta.scale_p == DescriptorModel.create(
+        "efficientnet_lite0", weights="random", scale_agg="max").meta.scale_p  # unused p: one meta
+
+
+def test_superglobal_options_compute_what_they_say_and_save_load(tmp_path: Path) -> None:
+    from retrieval.models import pooling as P
+
+    model = DescriptorModel.create(
+        "efficientnet_lite0", weights="random", pooling="rgem",
+        pooling_params={"p": 4.6, "pr": 2.0, "size": 3, "relu_eps": 0.05},
+        scales=(1.0, 0.5), max_side=128, scale_agg="gem", scale_p=8.0,
+    )
+    d = model.meta.to_dict()
+    assert (d["scale_agg"], d["scale_p"], d["pooling_params"]["relu_eps"]) == ("gem", 8.0, 0.05)
+    assert "rgem(p=4.6, pr=2, relu_eps=0.05, size=3)" in model.meta.describe() and "(gem p=8)" in model.meta.describe()
+    maps = _maps(model, 0)
+    with torch.no_grad():
+        per_scale = [P.l2n(P.regional_gem(P.relu_plus(m, 0.05), 4.6, 2.0, 3)) for m in maps]
+        want = P.combine_scales(torch.stack(per_scale), "gem", 8.0)
+        np.testing.assert_allclose(model.scale_descriptor(maps[0]).numpy(), per_scale[0].numpy(), atol=1e-6)
+        got = model.describe_maps(maps)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-6)
+    assert model.gem_p == pytest.approx(4.6)
+    with pytest.raises(ImsearchError, match=r"combines its 2 scales by 'gem'.*scale_agg='sum'"):
+        model.head(maps[0])  # the extractor would add the scales up: refused, not wrong
+    loaded = DescriptorModel.load(model.save(tmp_path / "sg.pt"))
+    assert loaded.meta == model.meta and loaded.fingerprint == model.fingerprint
+    with torch.no_grad():
+        assert torch.equal(loaded.describe_maps(maps), got)
+    assert loaded.head_settings() == model.head_settings() == {
+        "pooling": "rgem", "relu_eps": 0.05, "scale_agg": "gem", "scale_p": 8.0, "p": pytest.approx(4.6),
+        "eps": 1e-6, "pr": 2.0, "size": 3,
+    }
+    # another aggregation is another model
+    other = DescriptorModel.create("efficientnet_lite0", weights="random", scales=(1.0, 0.5), scale_agg="max")
+    assert other.fingerprint != DescriptorModel.create("efficientnet_lite0", weights="random",
+                                                       scales=(1.0, 0.5)).fingerprint
+
+
+def test_relu_plus_and_gem_plus_run_in_the_extractor() -> None:
+    from retrieval.models import pooling as P
+    from retrieval.models.extract import Extractor
+    from tests import imagefactory as f
+
+    photos = f.real_photos(1, stride=97)
+    model = DescriptorModel.create("efficientnet_lite0", pooling="gem", pooling_params={"p": 4.6, "relu_eps": 0.014},
+                                   max_side=128, scales=(1.0, 0.5), scale_agg="max")
+    with pytest.raises(ImsearchError, match="combines its 2 scales"):
+        Extractor(model, workers=1).extract(photos)
+    model = DescriptorModel.create("efficientnet_lite0", pooling="gem", pooling_params={"p": 4.6, "relu_eps": 0.014},
+                                   max_side=128, scales=(1.0,), scale_agg="max")  # one scale: nothing to combine
+    assert model.scales_summed
+    feats: list[torch.Tensor] = []
+    ex = Extractor(model, workers=1, precision="fp32", batch_size=1)
+    ex.feature_hook = lambda maps, keys, scales: feats.append(maps.clone())
+    got = ex.extract(photos)
+    want = P.l2n(P.gem(P.relu_plus(feats[0], 0.014), 4.6)).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"scale_agg": "mean"}, "scale_agg must be one of sum, max, gem"),
+        ({"scale_agg": "gem", "scale_p": 0.0}, "scale_p"),
+        ({"pooling_params": {"relu_eps": 0.0}}, "ReLU\\+ floor"),
+        ({"pooling": "rgem", "pooling_params": {"size": 4}}, "odd"),
+        ({"pooling": "gem", "pooling_params": {"size": 3}}, "invalid pooling settings 'gem'"),
+    ],
+)
+def test_bad_pooling_options_are_refused(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(ModelFormatError, match=match):
+        DescriptorModel.create("efficientnet_lite0", weights="random", **kwargs)
