@@ -5,6 +5,13 @@ an indexed image id, or a box on either. Filters are resolved by the catalog int
 allowed ids and applied inside the FAISS search, so ``k`` hits come back whenever ``k``
 exist. Object search also matches the query against region descriptors (detected
 objects) and groups the results per image, returning the matching box.
+
+Match levels (:mod:`retrieval.calibrate`): when the collection is calibrated for its current
+model, each hit of a plain image-to-image score carries ``match`` (``copy``, ``near``,
+``similar`` or None below ``similar``), and ``min_match`` keeps only hits of that level or
+stronger: a minimum score applied to the ranking before the page is cut, like ``threshold``,
+so pages stay one ranking. Scores the calibration did not measure (a box query, object
+matches, AQE/DBA re-ranking) get ``match`` None, and ``min_match`` refuses them.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from retrieval.calibrate import Calibration, CalibrationCache, min_match_score
 from retrieval.collection import Collection
 from retrieval.errors import ImsearchError, NotFoundError
 from retrieval.files import FilePolicy, IndexedFile, VerifiedFile, first_readable
@@ -33,6 +41,8 @@ from retrieval.store.catalog import ImageRecord
 logger = logging.getLogger(__name__)
 
 MAX_K = 1000
+#: ``duplicates`` without a threshold on an uncalibrated collection
+DEFAULT_DUPLICATE_THRESHOLD = 0.95
 
 
 @dataclass(frozen=True)
@@ -69,6 +79,7 @@ class Hit:
     box: Box | None = None
     region_id: int | None = None
     region_label: str | None = None
+    match: str | None = None  # calibrated match level of the score (see the module docstring)
 
 
 @dataclass
@@ -94,6 +105,7 @@ class SearchEngine:
     def __init__(self, collection: Collection, extractor: Extractor | None = None) -> None:
         self.collection = collection
         self.extractor = extractor or Extractor(collection.model, batch_size=8)
+        self._calibrations = CalibrationCache(collection.root)
 
     @classmethod
     def open(
@@ -118,6 +130,16 @@ class SearchEngine:
 
     def close(self) -> None:
         self.collection.close()
+
+    # ------------------------------------------------------------------ calibration
+    @property
+    def calibration(self) -> Calibration | None:
+        """The collection's calibration for its current model (None: not calibrated, or stale)."""
+        return self._calibrations.get(self.collection.model.fingerprint)
+
+    def min_match_score(self, level: str) -> float:
+        """The lowest score of match ``level`` (and above); :class:`NotCalibratedError` without a calibration."""
+        return min_match_score(self.calibration, level, self.collection.root)
 
     # ------------------------------------------------------------------ queries
     def describe(self, query: Query) -> tuple[np.ndarray, Box | None]:
@@ -155,6 +177,7 @@ class SearchEngine:
         rerank: RerankOptions | None = None,
         objects: bool = False,
         exclude_query: bool = False,
+        min_match: str | None = None,
     ) -> SearchResult:
         """Results ``offset .. offset + k`` of the ranking of ``query``; see the module docstring.
 
@@ -163,7 +186,8 @@ class SearchEngine:
         repeated or skipped (exactly on exact indexes; an approximate index searches deeper for a
         deeper page and may find a neighbour it missed for a shallower one). Filters apply inside
         the vector search on every page. ``result.next_offset`` is where the next page starts,
-        None when there are no more results. ``offset + k`` is at most ``MAX_K``.
+        None when there are no more results. ``offset + k`` is at most ``MAX_K``. ``min_match``
+        (``copy``, ``near``, ``similar``) raises the minimum score to that level's calibrated threshold.
         """
         if not 1 <= k <= MAX_K:
             raise ImsearchError(f"k must be within 1..{MAX_K}, got {k}")
@@ -173,13 +197,24 @@ class SearchEngine:
                 "results deeper than that are not served: narrow the search with filters or a threshold"
             )
         depth = offset + k
+        rerank = rerank or RerankOptions()
+        plain = query.box is None and not rerank.aqe_n and not rerank.dba_n  # scores the calibration measured
+        if min_match is not None:
+            if not plain or objects:
+                raise ImsearchError(
+                    f"min_match={min_match} filters plain image-to-image scores, the ones the calibration measured; "
+                    "it does not apply with a box, object search or re-ranking (aqe/dba): use threshold instead"
+                )
+            floor = self.min_match_score(min_match)
+            threshold = floor if threshold is None else max(threshold, floor)
+        cal = self.calibration if plain else None
         t0 = time.perf_counter()
         vec, box = self.describe(query)
         t1 = time.perf_counter()
         exclude = np.array([query.image_id], dtype=np.int64) if exclude_query and query.image_id is not None else None
         allowed = self._allowed("image", flt)
         # one more than the page tells whether a next page exists; the index settles ties by id
-        scores, ids = self._vector_search(vec, depth + 1, allowed, exclude, rerank or RerankOptions())
+        scores, ids = self._vector_search(vec, depth + 1, allowed, exclude, rerank)
         found: dict[int, tuple[float, Box | None, int | None, str | None]] = {
             int(i): (float(d), None, None, None) for d, i in zip(scores, ids, strict=True) if i >= 0
         }
@@ -193,7 +228,7 @@ class SearchEngine:
         next_offset = depth if len(ranked) > depth else None
         ranked = ranked[offset:depth]
         t2 = time.perf_counter()
-        hits = self._hits(ranked)
+        hits = self._hits(ranked, cal)
         t3 = time.perf_counter()
         timings = {"describe_ms": (t1 - t0) * 1e3, "search_ms": (t2 - t1) * 1e3, "metadata_ms": (t3 - t2) * 1e3}
         return SearchResult(
@@ -267,7 +302,9 @@ class SearchEngine:
                 best[rec.image_id] = (score, rec.box, rid, rec.label)
         return best
 
-    def _hits(self, ranked: list[tuple[int, tuple[float, Box | None, int | None, str | None]]]) -> list[Hit]:
+    def _hits(
+        self, ranked: list[tuple[int, tuple[float, Box | None, int | None, str | None]]], cal: Calibration | None
+    ) -> list[Hit]:
         if not ranked:
             return []
         ids = [i for i, _ in ranked]
@@ -281,7 +318,10 @@ class SearchEngine:
                 LabelInfo(lr.label, lr.source, lr.max_score, lr.area_fraction)
                 for lr in sorted(labels.get(image_id, []), key=lambda r: -r.max_score)
             )
-            hits.append(Hit(image_id, score, rec.path or rec.stored_path, rec.width, rec.height, lab, box, rid, rlabel))
+            match = cal.match_level(score) if cal is not None and box is None else None  # an object match: None
+            hits.append(
+                Hit(image_id, score, rec.path or rec.stored_path, rec.width, rec.height, lab, box, rid, rlabel, match)
+            )
         return hits
 
     # ------------------------------------------------------------------ collection views
@@ -337,8 +377,21 @@ class SearchEngine:
     def labels(self, min_score: float = 0.0) -> list[tuple[str, int]]:
         return self.collection.read(catalog.label_counts, min_score=min_score)
 
-    def duplicates(self, threshold: float = 0.95, *, neighbours: int = 16, batch: int = 4096) -> list[DuplicateGroup]:
-        """Groups of near-duplicate images: connected components of pairs scoring >= threshold."""
+    def duplicate_threshold(self) -> tuple[float, str]:
+        """``(threshold, where from)`` of :meth:`duplicates` without one: the calibrated ``copy``
+        threshold (``"calibration"``), else :data:`DEFAULT_DUPLICATE_THRESHOLD` (``"default"``)."""
+        cal = self.calibration
+        if cal is not None and cal.copy is not None:
+            return cal.copy, "calibration"
+        return DEFAULT_DUPLICATE_THRESHOLD, "default"
+
+    def duplicates(
+        self, threshold: float | None = None, *, neighbours: int = 16, batch: int = 4096
+    ) -> list[DuplicateGroup]:
+        """Groups of near-duplicate images: connected components of pairs scoring >= threshold
+        (default: :meth:`duplicate_threshold`)."""
+        if threshold is None:
+            threshold = self.duplicate_threshold()[0]
         if not 0.0 < threshold <= 1.0:
             raise ImsearchError(f"threshold must be within (0, 1], got {threshold}")
         col = self.collection
@@ -389,6 +442,7 @@ class SearchEngine:
             "vectors": dict(st.vectors),
             "model": self.collection.model.meta.describe(),
             "model_fingerprint": self.collection.model.fingerprint,
+            "calibration": cal.thresholds() if (cal := self.calibration) is not None else None,
             "dim": self.collection.model.meta.dim,
             "index": self.collection.index_info(),
             "database": self.collection.dialect,

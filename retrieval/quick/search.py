@@ -6,7 +6,8 @@ not SQLite at the newest schema, it raises :class:`QuickUnavailableError` and th
 :class:`retrieval.search.SearchEngine`, which repairs in memory. :meth:`QuickSearch.search`
 ranks exactly like :meth:`SearchEngine.search` without boxes, objects or re-ranking (score, then
 image id; label and path filters inside the vector search; ``offset`` paging; ``next_offset``),
-and gives hits with the fields of :class:`retrieval.search.Hit`.
+and gives hits with the fields of :class:`retrieval.search.Hit`, ``match`` from the same stored
+calibration (:mod:`retrieval.calibrate`, numpy only), ``min_match`` as a minimum score.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from urllib.parse import quote
 
 import numpy as np
 
+from retrieval.calibrate import Calibration, load_calibration, min_match_score
 from retrieval.errors import ImsearchError, NotFoundError
 from retrieval.filters import SearchFilter
 from retrieval.imageio import ImageSource
@@ -56,6 +58,7 @@ class QuickHit:
     box: tuple[float, float, float, float] | None = None
     region_id: int | None = None
     region_label: str | None = None
+    match: str | None = None
 
 
 @dataclass
@@ -88,6 +91,7 @@ class QuickSearch:
         self.index = index
         self.fingerprint = fingerprint
         self._model: QuickModel | None = None
+        self.calibration: Calibration | None = load_calibration(root, fingerprint)
 
     @classmethod
     def open(cls, root: str | os.PathLike[str], *, db_url: str | None = None) -> QuickSearch:
@@ -148,6 +152,7 @@ class QuickSearch:
         threshold: float | None = None,
         flt: SearchFilter | None = None,
         exclude_query: bool = False,
+        min_match: str | None = None,
     ) -> QuickResult:
         """Results ``offset .. offset + k`` for an image (path or bytes) or an indexed image id; ``flt``
         is resolved by the catalog (:func:`retrieval.store.catalog.resolve_filter`, read-only) and
@@ -157,6 +162,9 @@ class QuickSearch:
         if offset < 0 or offset + k > MAX_K:
             raise ImsearchError(f"offset must be >= 0 and offset + k at most {MAX_K} (got offset {offset}, k {k})")
         depth = offset + k
+        if min_match is not None:
+            floor = self.min_match_score(min_match)
+            threshold = floor if threshold is None else max(threshold, floor)
         t0 = time.perf_counter()
         vec = self.describe(query)
         t1 = time.perf_counter()
@@ -175,6 +183,10 @@ class QuickSearch:
         t3 = time.perf_counter()
         timings = {"describe_ms": (t1 - t0) * 1e3, "search_ms": (t2 - t1) * 1e3, "metadata_ms": (t3 - t2) * 1e3}
         return QuickResult(hits, (t3 - t0) * 1e3, None, timings, offset, next_offset)
+
+    def min_match_score(self, level: str) -> float:
+        """The lowest score of match ``level`` (as :meth:`retrieval.search.SearchEngine.min_match_score`)."""
+        return min_match_score(self.calibration, level, self.root)
 
     def allowed_ids(self, flt: SearchFilter | None) -> np.ndarray | None:
         """The image ids ``flt`` allows (None: no filter). Imports SQLAlchemy (~0.7 s), never torch."""
@@ -210,7 +222,9 @@ class QuickSearch:
                 QuickLabel(r.label, r.source, r.max_score, r.area_fraction)
                 for r in sorted(labels[image_id], key=lambda r: -r.max_score)
             )
-            hits.append(QuickHit(image_id, score, rec.path or rec.stored_path, rec.width, rec.height, lab))
+            match = self.calibration.match_level(score) if self.calibration is not None else None
+            hits.append(QuickHit(image_id, score, rec.path or rec.stored_path, rec.width, rec.height, lab,
+                                 match=match))
         return hits
 
 
