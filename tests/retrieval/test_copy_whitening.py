@@ -45,7 +45,7 @@ def _copy_pixels(photo: Path, seed: int, index: int, model: DescriptorModel) -> 
 
 def test_rows_and_groups_are_each_photo_then_its_copies(model: DescriptorModel) -> None:
     photos = f.real_photos(3, stride=401)
-    x, groups = describe_copies(model, photos, copies=2, seed=5, workers=1)
+    x, groups = describe_copies(model, photos, copies=2, seed=5, workers=1, engine="torch")
     assert x.shape == (9, model.meta.channels)
     assert groups.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     ex = Extractor(model, batch_size=4, workers=1)
@@ -56,9 +56,9 @@ def test_rows_and_groups_are_each_photo_then_its_copies(model: DescriptorModel) 
 
 def test_seeded_and_deterministic(model: DescriptorModel) -> None:
     photos = f.real_photos(2, stride=577)
-    a, ga = describe_copies(model, photos, copies=1, seed=3, workers=2)
-    b, gb = describe_copies(model, list(reversed(photos)), copies=1, seed=3, workers=1)
-    c, _ = describe_copies(model, photos, copies=1, seed=4, workers=1)
+    a, ga = describe_copies(model, photos, copies=1, seed=3, workers=2, engine="torch")
+    b, gb = describe_copies(model, list(reversed(photos)), copies=1, seed=3, workers=1, engine="torch")
+    c, _ = describe_copies(model, photos, copies=1, seed=4, workers=1, engine="torch")
     np.testing.assert_array_equal(ga, gb)
     np.testing.assert_allclose(a, b[[2, 3, 0, 1]], atol=1e-6)  # a photo's copies do not depend on the order
     np.testing.assert_allclose(a[0::2], c[0::2], atol=1e-6)  # same originals...
@@ -67,7 +67,7 @@ def test_seeded_and_deterministic(model: DescriptorModel) -> None:
 
 def test_regions_are_grouped_by_photo(model: DescriptorModel) -> None:
     photos = f.real_photos(2, stride=577)
-    x, groups = describe_copies(model, photos, copies=1, seed=3, workers=1, vectors="regions")
+    x, groups = describe_copies(model, photos, copies=1, seed=3, workers=1, vectors="regions", engine="torch")
     assert x.shape[0] == groups.size > 8  # several regions per image and scale
     assert set(groups.tolist()) == {0, 1}
     np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-4)  # L2-normalized region vectors
@@ -80,7 +80,7 @@ def test_undecodable_photo_is_skipped_with_a_log_line(
     bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     photos = [f.real_photos(1)[0], bad, f.real_photos(2, stride=577)[1]]
     with caplog.at_level(logging.WARNING, logger="retrieval.train.copy_whitening"):
-        x, groups = describe_copies(model, photos, copies=1, seed=0, workers=1)
+        x, groups = describe_copies(model, photos, copies=1, seed=0, workers=1, engine="torch")
     assert x.shape == (4, model.meta.channels)
     assert groups.tolist() == [0, 0, 2, 2]
     assert any("broken.jpg" in r.getMessage() for r in caplog.records)
