@@ -77,10 +77,22 @@ MDA_QUERY_K = MDA_K + 1
 
 
 def _shortlist(shortlist: np.ndarray) -> np.ndarray:
+    """float32 stays float32 (the engine's vectors; half the memory traffic), anything else float64."""
     x = np.asarray(shortlist)
     if x.ndim != 3 or x.shape[1] < 1:
         raise ImsearchError(f"a shortlist is (queries, M >= 1, dim) descriptors, got shape {x.shape}")
-    return x.astype(np.float64)
+    return x if x.dtype == np.float32 else x.astype(np.float64)
+
+
+def _top_k(sims: np.ndarray, k: int) -> np.ndarray:
+    """Indices ``(..., k)`` of the ``k`` largest entries of each row, ties to the lower index (in index order)."""
+    size = sims.shape[-1]
+    kth = np.partition(sims, size - k, axis=-1)[..., size - k, None]  # the k-th largest value of each row
+    above = sims > kth
+    ties = sims == kth
+    need = k - above.sum(axis=-1, keepdims=True)
+    chosen = above | (ties & (np.cumsum(ties, axis=-1) <= need))
+    return np.nonzero(chosen)[-1].reshape(*sims.shape[:-1], k)
 
 
 def mdescaug(
@@ -102,15 +114,17 @@ def mdescaug(
     kk = min(int(k), size - 1)
     if kk == 0:
         return x.astype(np.float32)
-    sims = np.einsum("amd,and->amn", x, x) if gram is None else np.array(gram, dtype=np.float64)
+    sims = np.einsum("amd,and->amn", x, x) if gram is None else gram
+    sims = np.array(sims, dtype=np.float64)  # a copy: the diagonal is overwritten
     if sims.shape != (m, size, size):
         raise ImsearchError(f"gram must be (queries, M, M) = {(m, size, size)}, got {sims.shape}")
     sims[:, np.arange(size), np.arange(size)] = -np.inf  # never one's own neighbour
-    nearest = np.argsort(-sims, axis=2, kind="stable")[:, :, :kk]  # (m, M, kk)
+    nearest = _top_k(sims, kk)  # (m, M, kk)
     weights = beta * np.clip(np.take_along_axis(sims, nearest, axis=2), 0.0, None)
-    neighbours = x[np.arange(m)[:, None, None], nearest]  # (m, M, kk, d)
-    total = x + np.einsum("amk,amkd->amd", weights, neighbours)
-    return (total / (1.0 + weights.sum(axis=2))[:, :, None]).astype(np.float32)
+    rows = (nearest + (np.arange(m) * size)[:, None, None]).reshape(-1)  # into the (m * M, d) rows
+    neighbours = np.take(x.reshape(m * size, -1), rows, axis=0).reshape(m, size, kk, -1)  # (m, M, kk, d)
+    total = x + np.einsum("amk,amkd->amd", weights.astype(x.dtype), neighbours)
+    return (total / (1.0 + weights.sum(axis=2))[:, :, None].astype(x.dtype)).astype(np.float32)
 
 
 def rerank_wmda(

@@ -150,3 +150,16 @@ def test_superglobal_rerank_refuses_bad_input() -> None:
         rerank_wmda(q[:2], x)
     with pytest.raises(ImsearchError, match="k >= 1"):
         rerank_wmda(q, x, k=0)
+
+
+def test_top_k_with_many_ties_keeps_the_lower_indices() -> None:
+    from retrieval.rerank import _top_k
+
+    rng = np.random.default_rng(5)
+    sims = rng.integers(0, 4, size=(3, 7, 20)).astype(np.float64)  # many exact ties
+    for k in (1, 3, 10, 20):
+        got = _top_k(sims, k)
+        for idx in np.ndindex(*sims.shape[:2]):
+            row = sims[idx]
+            want = sorted(sorted(range(20), key=lambda i: (-row[i], i))[:k])
+            assert got[idx].tolist() == want
