@@ -22,6 +22,7 @@ from typing import Any
 
 from retrieval.errors import TrainingError
 from retrieval.models.descriptor import DEFAULT_MAX_SIDE, DEFAULT_SCALES
+from retrieval.train.copy_whitening import DEFAULT_COPIES, DEFAULT_COPY_SHRINK
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +45,11 @@ class TrainConfig:
     anchor_column: str = "anchor"
     positive_column: str = "positive"
     negative_column: str = "negative"
-    val_fraction: float = 0.1  # of the groups, held out for validation (split by group, never by image)
+    val_fraction: float = 0.1  # held out for validation: of the groups (never split), or of the photos (self-sup.)
     min_val_groups: int = 2
+    self_supervised: bool = False  # every photo its own group, positives its edited copies (auto for plain photos)
+    val_copy_queries: int = 200  # copy validation: edited copies of held-out photos queried each epoch (0: off)
+    val_distractors: int = 500  # copy validation: training photos added to the held-out originals
     # model
     init_model: str | None = None  # a DescriptorModel artifact to start from (else backbone + weights)
     backbone: str = "efficientnet_lite0"
@@ -58,18 +62,23 @@ class TrainConfig:
     whiten_dim: int | None = None  # None: as many as the backbone's channels
     whiten_power: float = 0.0  # eigenvalue power of the initial projection: 0 = PCA rotation (measured best)
     whitening_images: int = 1000
-    whiten_method: str = "pca"  # pca | lw (learned from the groups, Radenović et al.)
+    whiten_method: str = "auto"  # auto (copies if self-supervised, else pca) | pca | lw (from the groups) | copies
     lw_shrink: float = 0.75  # lw: within-group covariance shrunk towards the identity by this much
+    whiten_copies: int = DEFAULT_COPIES  # copies: edited copies per photo the whitening is learned from
+    copy_shrink: float = DEFAULT_COPY_SHRINK  # copies: shrinkage towards the identity
     # loss
     loss: str = "triplet"  # triplet | contrastive
     margin: float | None = None  # None: 0.1 (triplet) / 0.7 (contrastive)
     distance: str = "squared"  # triplet only: squared | euclidean
+    koleo_weight: float = 0.0  # KoLeo (uniformity) regularizer over the batch's distinct photos, as SSCD
     # mining and batches
     epochs: int = 10
     queries_per_epoch: int = 500
     pool_size: int = 2000
     negatives: int = 5
     hard_positives: bool = False
+    anchor_original: float = 0.5  # self-supervised: chance the anchor is the photo itself (else an edit of it)
+    negative_edit: float = 0.5  # self-supervised: chance a pool photo is mined and shown as an edit of it
     mine_triplets: bool = False  # triplets CSV: add negatives - 1 mined negatives to each listed triplet
     positive_candidates: int = 8
     query_sampling: str = "balanced"  # balanced (group first) | uniform (image first)
@@ -105,6 +114,13 @@ class TrainConfig:
     def resolved_margin(self) -> float:
         return DEFAULT_MARGINS[self.loss] if self.margin is None else float(self.margin)
 
+    @property
+    def resolved_whiten_method(self) -> str:
+        """``whiten_method`` with ``auto`` resolved: ``copies`` for self-supervised runs, else ``pca``."""
+        if self.whiten_method != "auto":
+            return self.whiten_method
+        return "copies" if self.self_supervised else "pca"
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["margin"] = self.resolved_margin
@@ -114,16 +130,28 @@ class TrainConfig:
         """Check ranges and choices; returns ``self`` with the margin resolved."""
         _choice("csv_format", self.csv_format, ("auto", "groups", "triplets"))
         _choice("pooling", self.pooling, ("rmac", "gem"))
-        _choice("whiten_method", self.whiten_method, ("pca", "lw"))
+        _choice("whiten_method", self.whiten_method, ("auto", "pca", "lw", "copies"))
         if not 0.0 <= self.lw_shrink <= 1.0:
             raise TrainingError(f"lw_shrink must be in [0, 1], got {self.lw_shrink}")
+        if self.self_supervised and self.whiten_method == "lw":
+            raise TrainingError("whiten_method=lw learns from groups, and a self-supervised run has none (every "
+                                "photo is its own group); use whiten_method=copies (the default) or pca")
+        if not 0.0 <= self.copy_shrink <= 1.0:
+            raise TrainingError(f"copy_shrink must be in [0, 1], got {self.copy_shrink}")
+        for name in ("anchor_original", "negative_edit"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise TrainingError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
+        for name in ("koleo_weight", "val_copy_queries", "val_distractors"):
+            if getattr(self, name) < 0:
+                raise TrainingError(f"{name} must be >= 0, got {getattr(self, name)}")
         _choice("loss", self.loss, ("triplet", "contrastive"))
         _choice("distance", self.distance, ("squared", "euclidean"))
         _choice("query_sampling", self.query_sampling, ("balanced", "uniform"))
         _choice("optimizer", self.optimizer, ("adam", "sgd"))
         _choice("precision", self.precision, ("auto", "bf16", "fp16", "fp32"))
         for name in ("epochs", "queries_per_epoch", "pool_size", "negatives", "batch_size", "accumulate",
-                     "positive_candidates", "workers", "mining_batch", "whitening_images", "min_val_groups"):
+                     "positive_candidates", "workers", "mining_batch", "whitening_images", "min_val_groups",
+                     "whiten_copies"):
             if getattr(self, name) < 1:
                 raise TrainingError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 32 <= self.image_size <= 4096:

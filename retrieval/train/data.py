@@ -12,6 +12,10 @@ Relative paths in a CSV are relative to the CSV's folder. Groups with fewer than
 images are skipped with a warning (they can give no positive pair), except the
 negative-only images of a triplets CSV. Validation holds out whole groups
 (:func:`split_by_group`), never single images of a group.
+
+Unlabelled photos (a folder without group sub-folders, a collection's data directory, or
+any input with ``self_supervised``) are read by :mod:`retrieval.train.photos`: every photo
+is then its own group (:attr:`TrainingData.self_supervised`).
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ class TrainingData:
     group_names: tuple[str, ...]
     triplets: IntArray | None = None  # (t, 3) int64 indices into paths: anchor, positive, negative
     source: str = ""
+    #: every photo its own group (groups = distinct contents, group_names = their sha256)
+    self_supervised: bool = False
 
     def __post_init__(self) -> None:
         if len(self.paths) != len(self.groups):
@@ -77,6 +83,7 @@ class TrainingData:
             group_names=tuple(self.group_names[g] for g in used.tolist()),
             triplets=new_trip,
             source=self.source,
+            self_supervised=self.self_supervised,
         )
 
 
@@ -271,15 +278,35 @@ def load_training_data(
     anchor_column: str = "anchor",
     positive_column: str = "positive",
     negative_column: str = "negative",
+    self_supervised: bool = False,
 ) -> TrainingData:
-    """Read a folder of groups or a CSV (``csv_format``: auto, groups or triplets)."""
+    """Read a folder of groups or a CSV (``csv_format``: auto, groups or triplets), or unlabelled photos.
+
+    Photos, every one its own group (:mod:`retrieval.train.photos`), are read for
+    ``self_supervised``, for a collection's data directory, and for a folder without group
+    sub-folders (the last two are logged as chosen automatically).
+    """
+    from retrieval.train import photos
+
     source = Path(source).expanduser()
     if not str(source):
-        raise TrainingError("no training data given: pass a folder of groups or a CSV file")
+        raise TrainingError("no training data given: pass a folder of groups or photos, or a CSV file")
     if source.is_dir():
+        if photos.is_collection_dir(source):
+            logger.info("%s is a collection's data directory: self-supervised training on its indexed photos",
+                        source)
+            return photos.collection_photos(source)
+        if self_supervised:
+            return photos.photo_folder(source)
+        if not photos.has_group_folders(source):
+            logger.info("%s has no group sub-folders: self-supervised training, every photo its own group "
+                        "(positives are edited copies of it)", source)
+            return photos.photo_folder(source)
         return folder_groups(source)
     if not source.exists():
         raise TrainingError(f"training data {source} does not exist (give a folder of groups or a CSV file)")
+    if self_supervised:
+        return photos.photo_csv(source, path_column)
     if csv_format == "auto":
         header = _csv_header(source)
         csv_format = "triplets" if anchor_column in header else "groups"

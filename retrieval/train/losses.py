@@ -12,6 +12,12 @@ loss is the MEAN over tuples.
 * **Contrastive** (Radenović et al. 2016/2018): ``0.5 d(q, p)^2`` for the positive plus
   ``0.5 max(0, m - d(q, n))^2`` per negative, ``d`` the plain Euclidean distance
   (margin about 0.7 for whitened R-MAC/GeM descriptors).
+
+A regularizer can be added to either (``koleo_weight`` in the training settings):
+
+* **KoLeo** (Kozachenko-Leonenko differential-entropy estimator; Sablayrolles et al. 2019,
+  used by SSCD, Pizzi et al. 2022): ``-mean_i log(min_{j != i} ||x_i - x_j||)`` over a set of
+  descriptors of *different* photos; it spreads them out over the sphere (uniformity).
 """
 
 from __future__ import annotations
@@ -80,6 +86,20 @@ def contrastive_loss(
     pos_term = 0.5 * d_pos.pow(2)
     neg_term = (0.5 * torch.relu(margin - d_neg).pow(2) * _mask(negatives, mask)).sum(dim=1)
     return (pos_term + neg_term).mean()
+
+
+def koleo_loss(x: Tensor, eps: float = 1e-8) -> Tensor:
+    """``-mean_i log(eps + min_{j != i} ||x_i - x_j||)`` over the rows of ``x`` (N, D); 0 for N < 2.
+
+    The rows must be descriptors of different photos (copies of one photo would be pushed apart).
+    """
+    n = x.shape[0]
+    if n < 2:
+        return x.sum() * 0.0
+    dist = squared_distance(x[:, None, :], x[None, :, :])  # (N, N)
+    eye = torch.eye(n, dtype=torch.bool, device=x.device)
+    nearest = dist.masked_fill(eye, float("inf")).min(dim=1).values
+    return -torch.log(nearest.clamp_min(_EPS).sqrt() + eps).mean()
 
 
 LossFn = Callable[..., Tensor]

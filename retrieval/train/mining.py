@@ -27,11 +27,23 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainTuple:
-    """Indices into the training images: a query, its positive, its negatives."""
+    """Indices into the training images: a query, its positive, its negatives.
+
+    Self-supervised tuples (:mod:`retrieval.train.selfsup`) also say which *view* of each image
+    is shown: ``views`` holds one copy index per image (query, positive, negatives...; -1 = the
+    photo unedited), edited with ``edit_seed``. Without views, images are augmented at random.
+    """
 
     query: int
     positive: int
     negatives: tuple[int, ...]
+    views: tuple[int, ...] = ()
+    edit_seed: int = 0
+
+    @property
+    def images(self) -> tuple[int, ...]:
+        """The image indices in order: query, positive, negatives."""
+        return (self.query, self.positive, *self.negatives)
 
 
 def hardest_negatives(
@@ -122,18 +134,20 @@ def describe_arrays(
     batch_size: int,
     workers: int,
     progress: Progress | None = None,
+    max_side: int | None = None,
 ) -> np.ndarray:
     """Descriptors ``(n, dim)`` of already-resized images (single scale, no augmentation).
 
-    Runs the batched :class:`Extractor` with the model's meta set to one scale at the
-    arrays' own size, then restores the meta and every module's training/eval mode.
-    ``progress`` is advanced by one per image described.
+    Runs the batched :class:`Extractor` with the model's meta set to one scale at
+    ``max_side`` (default: the arrays' longest side; every image is scaled to that long
+    side), then restores the meta and every module's training/eval mode. ``progress`` is
+    advanced by one per image described.
     """
     if not arrays:
         return np.zeros((0, model.meta.dim), dtype=np.float32)
     modes = [(m, m.training) for m in model.modules()]
     saved_meta = model.meta
-    long_side = max(max(a.shape[:2]) for a in arrays)
+    long_side = max_side or max(max(a.shape[:2]) for a in arrays)
     try:
         model.meta = replace(saved_meta, max_side=int(long_side), scales=(1.0,))
         extractor = Extractor(model, device=device, precision=precision, batch_size=batch_size, workers=workers)

@@ -4,7 +4,10 @@
   and its weights. Without whitening yet, it gets the PCA-whitening learned on the
   TRAINING images' region vectors (R-MAC) or pooled vectors (GeM) at the model's own
   inference size and scales (:meth:`Extractor.learn_whitening`): the "shift + projection"
-  that training then fine-tunes with the rest of the network (Gordo et al.).
+  that training then fine-tunes with the rest of the network (Gordo et al.). Or a learned
+  whitening: from the groups (``lw``), or from (photo, edited copy) pairs (``copies``,
+  :func:`retrieval.train.copy_whitening.learn_copy_whitening`; the default of
+  self-supervised runs).
 * BatchNorm layers stay in eval mode (frozen statistics: batches are small); parameters
   whose names start with one of ``freeze`` are not trained.
 * Two parameter groups: the backbone at ``lr``, the head (whitening, GeM's p) at
@@ -53,7 +56,8 @@ def build_model(config: TrainConfig) -> DescriptorModel:
 
 def init_whitening(model: DescriptorModel, data: TrainingData, config: TrainConfig, device: torch.device) -> None:
     """Learn the initial whitening on (a seeded sample of) the training images, unless the model has one:
-    PCA (``whiten_method=pca``) or learned from the groups (``lw``: :func:`learn_lw_whitening`)."""
+    PCA (``whiten_method=pca``), learned from the groups (``lw``: :func:`learn_lw_whitening`), or
+    learned from the photos and edited copies of them (``copies``: :func:`learn_copy_whitening`)."""
     if model.whiten is not None or not config.whiten:
         return
     rng = np.random.default_rng([config.seed, 7919])
@@ -62,15 +66,32 @@ def init_whitening(model: DescriptorModel, data: TrainingData, config: TrainConf
     sources = [data.paths[i] for i in pick.tolist()]
     extractor = Extractor(model, device=device, precision=config.precision, batch_size=config.mining_batch,
                           workers=config.workers)
-    if config.whiten_method == "lw":
+    method = config.resolved_whiten_method
+    if method == "lw":
         params = learn_lw_from_images(extractor, sources, data.groups[pick], config.whiten_dim, config.lw_shrink)
         what = "learned whitening (lw)"
+    elif method == "copies":
+        params = learn_from_copies(model, sources, config, device)
+        what = f"learned whitening from {config.whiten_copies} edited copies of each"
     else:
         params = extractor.learn_whitening(sources, config.whiten_dim, power=config.whiten_power)
         what = "PCA-whitening"
     model.set_whitening(params, learned_from=f"{what} of {count} training images of "
                                              f"{data.source or 'the training data'}")
     logger.info("initial whitening learned from %d training images (%d vectors)", count, params.n_samples)
+
+
+def learn_from_copies(
+    model: DescriptorModel, sources: list[Path], config: TrainConfig, device: torch.device
+) -> WhiteningParams:
+    """:func:`retrieval.train.copy_whitening.learn_copy_whitening` with the run's settings."""
+    from retrieval.train.copy_whitening import learn_copy_whitening
+
+    return learn_copy_whitening(
+        model, sources, copies=config.whiten_copies, seed=config.seed, dim=config.whiten_dim,
+        shrink=config.copy_shrink,
+        batch_size=config.mining_batch, device=device, workers=config.workers, precision=config.precision,
+    )
 
 
 def learn_lw_from_images(

@@ -4,10 +4,17 @@ One epoch: (1) with the current network, describe the epoch's queries and a rand
 of training images at the training size and mine hard negatives (:mod:`.mining`); (2) run
 the tuples through the network in batches of augmented square crops, backbone in mixed
 precision (bf16 autocast on CPU, bf16/fp16 on CUDA), head in float32, and step the
-optimizer every ``accumulate`` batches; (3) measure the validation mAP on the held-out
-groups (each image a query against the others, at the training size); (4) write
-``last.pt`` (and ``best.pt`` when validation improved: the epoch-0 model counts), the
-checkpoint, ``history.jsonl`` and ``training.png`` into the output folder.
+optimizer every ``accumulate`` batches; (3) validate: the mAP on the held-out groups (each
+image a query against the others, at the training size) and copy detection of edited copies
+of held-out photos (:mod:`.validation`); (4) write ``last.pt`` (and ``best.pt`` when the
+selection metric improved: the epoch-0 model, the starting one, counts, so ``best.pt`` is
+never worse on validation than the start), the checkpoint, ``history.jsonl`` and
+``training.png`` into the output folder.
+
+Self-supervised runs (:mod:`.selfsup`; unlabelled photos, every photo its own group) hold
+out photos instead of groups, train on edited copies (no random crop augmentation: the
+edits are the augmentation) and select ``best.pt`` on the copy-detection μAP; category
+runs select on the held-out groups' mAP.
 
 With ``wise_alpha < 1`` the saved (and validated) models are the weight-space ensemble
 ``init + wise_alpha * (trained - init)`` of the starting and the fine-tuned weights
@@ -28,7 +35,8 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,14 +54,19 @@ from retrieval.train.config import RESUMABLE_KEYS, TrainConfig, config_from_dict
 from retrieval.train.config import write_config as write_config_file
 from retrieval.train.data import TrainingData, load_training_data, split_by_group
 from retrieval.train.images import PROGRESS_MIN_ITEMS, Augmenter, ImageCache
-from retrieval.train.losses import get_loss
+from retrieval.train.losses import get_loss, koleo_loss
 from retrieval.train.mining import TrainTuple, describe_arrays, mined_tuples, triplet_tuples
+from retrieval.train.photos import photo_data, split_by_photo
 from retrieval.train.plot import plot_history
+from retrieval.train.selfsup import View, epoch_edit_seed, render_view, selfsup_tuples
+from retrieval.train.validation import CopyValidation, build_copy_validation, copy_metrics
 
 logger = logging.getLogger(__name__)
 
 #: batches whose mean loss the progress shows
 LOSS_WINDOW = 20
+#: what best.pt is selected on: category runs, self-supervised runs
+GROUP_METRIC, COPY_METRIC = "val_map", "val_copy_uap"
 
 
 @dataclass
@@ -66,6 +79,7 @@ class TrainResult:
     best_epoch: int
     best_score: float
     history: list[dict[str, Any]] = field(default_factory=list)
+    metric: str = GROUP_METRIC  # what best_score is (a validation metric; -loss without validation)
 
 
 def run_config(
@@ -94,7 +108,7 @@ class Trainer:
     """A training run writing into ``config.out``; :meth:`fit` trains up to ``config.epochs``."""
 
     def __init__(self, config: TrainConfig, data: TrainingData | None = None, *, resume: bool = False) -> None:
-        self.config = config = config.validate()
+        config = config.validate()
         if not config.out:
             raise TrainingError("no output folder: set out (--out DIR)")
         self.out = Path(config.out)
@@ -104,16 +118,26 @@ class Trainer:
                 config.data, csv_format=config.csv_format, path_column=config.path_column,
                 group_column=config.group_column, anchor_column=config.anchor_column,
                 positive_column=config.positive_column, negative_column=config.negative_column,
+                self_supervised=config.self_supervised,
             )
-        self.train_data, self.val_data = split_by_group(
-            data, config.val_fraction, min_val_groups=config.min_val_groups, seed=config.seed
-        )
+        if config.self_supervised and not data.self_supervised:
+            data = photo_data(data.paths, data.source)  # asked for: the groups are not used
+        config = replace(config, self_supervised=data.self_supervised)
+        self.config = config = replace(config, whiten_method=config.resolved_whiten_method).validate()
+        self.self_supervised = config.self_supervised
+        if self.self_supervised:
+            self.train_data, self.val_data = split_by_photo(data, config.val_fraction, seed=config.seed)
+        else:
+            self.train_data, self.val_data = split_by_group(
+                data, config.val_fraction, min_val_groups=config.min_val_groups, seed=config.seed
+            )
         if len(self.train_data.members()) < 2:
             raise TrainingError("training needs at least 2 groups (negatives come from other groups)")
+        what = "photos" if self.self_supervised else "groups"
         logger.info(
-            "training on %d images in %d groups; validating on %s", len(self.train_data),
-            len(self.train_data.group_names),
-            f"{len(self.val_data)} images in {len(self.val_data.group_names)} groups" if self.val_data else "nothing",
+            "%straining on %d images in %d %s; validating on %s", "self-supervised " * self.self_supervised,
+            len(self.train_data), len(self.train_data.group_names), what,
+            f"{len(self.val_data)} images in {len(self.val_data.group_names)} {what}" if self.val_data else "nothing",
         )
         self.device = resolve_device(config.device)
         self.dtype = resolve_precision(config.precision, self.device)
@@ -145,6 +169,15 @@ class Trainer:
             config.image_size, augment=config.augment, crop_scale=config.crop_scale, crop_ratio=config.crop_ratio,
             flip=config.flip, color_jitter=config.color_jitter,
         )
+        self.square = Augmenter(config.image_size, augment=False)  # edited views: resized to the square
+        self._render_pool = ThreadPoolExecutor(max(1, config.workers), thread_name_prefix="imsearch-train-edit")
+        self.copy_val: CopyValidation | None = None
+        if self.val_data is not None and self.val_cache is not None and config.val_copy_queries > 0:
+            self.copy_val = build_copy_validation(
+                self.val_data, self.val_cache, self.train_data, queries=config.val_copy_queries,
+                distractors=config.val_distractors, seed=config.seed,
+            )
+        self.metric = COPY_METRIC if self.self_supervised else GROUP_METRIC
 
     def _model(self, payload: dict[str, Any] | None) -> tuple[DescriptorModel, dict[str, torch.Tensor]]:
         """The model to train and the starting weights: restored from the run, or built (and saved as init.pt)."""
@@ -173,12 +206,13 @@ class Trainer:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(_epoch_seed(cfg.seed, epoch))
                 rng = np.random.default_rng([cfg.seed, epoch])
-                tuples = self.epoch_tuples(rng)
+                tuples = self.epoch_tuples(rng, epoch)
                 loss = self.train_epoch(tuples, epoch)
             self._record(epoch, loss, lr, len(tuples), t0)
+        validated = any(self.metric in h for h in self.state.history)
         return TrainResult(
             self.out, self.out / "best.pt", self.out / "last.pt", self.state.best_epoch, self.state.best_score,
-            list(self.state.history),
+            list(self.state.history), self.metric if validated else "-loss",
         )
 
     def describe(
@@ -197,13 +231,46 @@ class Trainer:
                 batch_size=self.config.mining_batch, workers=self.config.workers, progress=progress,
             )
 
+    def describe_views(
+        self, views: Sequence[View], edit_seed: int, *, model: DescriptorModel | None = None
+    ) -> np.ndarray:
+        """Descriptors of training photos shown as ``views`` (photo, copy index) at the training size."""
+        self.cache.ensure([p for p, _ in views])
+        arrays = self.render([(p, c, edit_seed) for p, c in views])
+        with Progress(len(arrays), desc="describing the mining views", unit="images", logger=logger,
+                      mode=self._progress_mode(len(arrays))) as progress:
+            return self.describe_images(arrays, model=model, progress=progress)
+
+    def describe_images(
+        self, arrays: Sequence[np.ndarray], *, model: DescriptorModel | None = None, progress: Progress | None = None
+    ) -> np.ndarray:
+        """Descriptors of images of any size, each scaled to the training size (long side)."""
+        return describe_arrays(
+            model or self.model, arrays, device=self.device, precision=self.config.precision,
+            batch_size=self.config.mining_batch, workers=self.config.workers, progress=progress,
+            max_side=self.config.image_size,
+        )
+
+    def render(self, views: Sequence[tuple[int, int, int]]) -> list[np.ndarray]:
+        """Training photos as ``(photo, copy index, edit seed)`` views (the copy index -1: the photo itself)."""
+        return list(self._render_pool.map(lambda v: render_view(self.cache.get(v[0]), v[0], v[1], v[2]), views))
+
     def _progress_mode(self, items: int) -> Literal["auto", "off"]:
         """Progress for long steps only (a handful of images needs no ETA)."""
         return "auto" if self.config.progress and items >= PROGRESS_MIN_ITEMS else "off"
 
-    def epoch_tuples(self, rng: np.random.Generator) -> list[TrainTuple]:
-        """This epoch's tuples: listed triplets, or queries with mined negatives."""
+    def epoch_tuples(self, rng: np.random.Generator, epoch: int = 1) -> list[TrainTuple]:
+        """This epoch's tuples: listed triplets, or queries with mined negatives (copies for self-supervised runs)."""
         cfg = self.config
+        if self.self_supervised:
+            t0 = time.perf_counter()
+            tuples = selfsup_tuples(
+                self.train_data, rng, self.describe_views, queries=cfg.queries_per_epoch, pool_size=cfg.pool_size,
+                negatives=cfg.negatives, edit_seed=epoch_edit_seed(cfg.seed, epoch),
+                anchor_original=cfg.anchor_original, negative_edit=cfg.negative_edit,
+            )
+            logger.info("mined %d self-supervised tuples in %.1f s", len(tuples), time.perf_counter() - t0)
+            return tuples
         if self.train_data.triplets is not None:
             extra = cfg.negatives - 1 if cfg.mine_triplets else 0
             return triplet_tuples(self.train_data, rng, cfg.queries_per_epoch, self.describe,
@@ -256,12 +323,35 @@ class Trainer:
             return float(self._loss(batch))
 
     def validate(self, model: DescriptorModel | None = None) -> dict[str, float]:
-        """Validation mAP and mP@k of ``model`` (default: the current one); empty without validation data."""
-        if self.val_data is None:
+        """Validation metrics of ``model`` (default: the current one); empty without validation data.
+
+        Category runs: mAP and mP@k on the held-out groups (``val_map``, ``val_mp@k``). Both kinds:
+        copy detection of the held-out photos' edited copies (``val_copy_r1``, ``val_copy_map``,
+        ``val_copy_uap``; :mod:`.validation`), unless ``val_copy_queries`` is 0.
+        """
+        if self.val_data is None or self.val_cache is None:
             return {}
-        vecs = self.describe(range(len(self.val_data)), validation=True, model=model)
-        res = evaluate_descriptors(vecs, self.val_data.labels, ks=(1, 5, 10))
-        return {"val_map": res.map, **{f"val_mp@{k}": v for k, v in res.mp_at_k.items()}}
+        cv = self.copy_val
+        val_ids = list(range(len(self.val_data))) if not self.self_supervised else []
+        orig_ids = cv.originals.tolist() if cv is not None else []
+        self.val_cache.ensure(val_ids + orig_ids)
+        arrays = [self.val_cache.get(i) for i in val_ids + orig_ids]
+        if cv is not None:
+            self.cache.ensure(cv.distractors.tolist())
+            arrays += [self.cache.get(i) for i in cv.distractors.tolist()] + cv.queries
+        with Progress(len(arrays), desc="validating", unit="images", logger=logger,
+                      mode=self._progress_mode(len(arrays))) as progress:
+            vecs = self.describe_images(arrays, model=model, progress=progress)  # one network pass for all
+        out: dict[str, float] = {}
+        if val_ids:
+            res = evaluate_descriptors(vecs[: len(val_ids)], self.val_data.labels, ks=(1, 5, 10))
+            out.update({"val_map": res.map, **{f"val_mp@{k}": v for k, v in res.mp_at_k.items()}})
+        if cv is not None:
+            rest = vecs[len(val_ids) :]
+            n_db = len(orig_ids) + cv.distractors.size
+            metrics = copy_metrics(rest[n_db:], rest[:n_db], cv.query_content, cv.db_content)
+            out.update({f"val_copy_{k}": v for k, v in metrics.items()})
+        return out
 
     # ------------------------------------------------------------------ internals
     def _loss(self, batch: Sequence[TrainTuple]) -> torch.Tensor:
@@ -276,7 +366,12 @@ class Trainer:
             n_pos[r, : len(t.negatives)] = np.arange(len(ids) + 2, len(ids) + 2 + len(t.negatives))
             mask[r, : len(t.negatives)] = True
             ids += [t.query, t.positive, *t.negatives]
-        x = self.augment.batch([self.cache.get(i) for i in ids]).to(self.device, non_blocking=True)
+        if batch[0].views:  # self-supervised: the views the tuples name, edited, resized to the square
+            views = [(i, c, t.edit_seed) for t in batch for i, c in zip(t.images, t.views, strict=True)]
+            x = self.square.batch(self.render(views))
+        else:
+            x = self.augment.batch([self.cache.get(i) for i in ids])
+        x = x.to(self.device, non_blocking=True)
         x = self.model.normalize(x)
         if self.config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -288,10 +383,27 @@ class Trainer:
             feats = self.model.features(x)
         desc = self.model.head(feats.float())
         neg = desc[torch.from_numpy(n_pos).to(self.device)]
-        return self.loss_fn(
+        loss = self.loss_fn(
             desc[q_pos], desc[p_pos], neg, self.config.resolved_margin,
             mask=torch.from_numpy(mask).to(self.device), distance=self.config.distance,
         )
+        if self.config.koleo_weight > 0:
+            loss = loss + self.config.koleo_weight * koleo_loss(desc[self._distinct_photos(batch)])
+        return loss
+
+    def _distinct_photos(self, batch: Sequence[TrainTuple]) -> list[int]:
+        """Rows of the batch's queries and negatives, the first of each distinct content (group) only."""
+        rows: list[int] = []
+        seen: set[int] = set()
+        start = 0
+        for t in batch:
+            for offset, image in [(0, t.query)] + [(2 + k, n) for k, n in enumerate(t.negatives)]:
+                group = int(self.train_data.groups[image])
+                if group not in seen:
+                    seen.add(group)
+                    rows.append(start + offset)
+            start += len(t.images)
+        return rows
 
     def _forward_backward(self, batch: Sequence[TrainTuple], scale: float) -> float:
         setup.train_mode(self.model)
@@ -332,7 +444,7 @@ class Trainer:
         }
         self.state.history.append(entry)
         self.state.epoch = epoch
-        score = metrics.get("val_map", -loss if math.isfinite(loss) else float("-inf"))
+        score = metrics.get(self.metric, -loss if math.isfinite(loss) else float("-inf"))
         shown = " ".join(([f"loss {loss:.4f}"] if math.isfinite(loss) else []) +  # no loss before the first step
                          [f"{k} {v:.4f}" for k, v in metrics.items()])
         logger.info("epoch %d/%d: %s (step %d, %.1f s)", epoch, self.config.epochs, shown or "no training yet",
