@@ -69,7 +69,7 @@ QUERY_COPIES = 2
 QUERY_SEED_OFFSET = 1000
 #: results per query counted by µAP (as DISC21)
 TOP_K = 10
-TUNE_SHRINKS = (0.25, 0.5, 0.75, 0.9)
+TUNE_SHRINKS = (0.1, 0.25, 0.5, 0.75, 0.9)
 
 logger = logging.getLogger("bench.copies")
 
@@ -279,6 +279,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--model", type=Path, action="append", default=[], help="a saved model to evaluate too")
     p.add_argument("--tune", action="store_true", help="LW input x shrink on the training split only")
     p.add_argument("--shrinks", type=float, nargs="+", default=list(TUNE_SHRINKS), help="--tune's shrinks")
+    p.add_argument("--write-split", type=Path, default=None, metavar="DIR",
+                   help="write DIR/train.txt and DIR/held_out.txt (one photo path a line) and stop: train other "
+                        "models on train.txt only, so that the held-out photos stay unseen")
     p.add_argument("--engine", default="auto", help="extractor engine (auto: onnxruntime on CPU)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--workers", type=int, default=2)
@@ -291,6 +294,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     t_start = time.perf_counter()
     setup = build_setup(args)
+    if args.write_split is not None:
+        args.write_split.mkdir(parents=True, exist_ok=True)
+        for name, idx in (("train.txt", setup.fit), ("held_out.txt", setup.held)):
+            (args.write_split / name).write_text("".join(f"{setup.db_paths[i]}\n" for i in idx))
+        print(f"{setup.note}\nwrote {args.write_split}/train.txt ({len(setup.fit)} photos) and held_out.txt "
+              f"({len(setup.held)} photos)")
+        return
     base = DescriptorModel.create() if args.max_side is None else DescriptorModel.create(max_side=args.max_side)
     decode_side = math.ceil(base.meta.max_side * max(base.meta.scales))
     query_seed = args.seed + QUERY_SEED_OFFSET
@@ -319,12 +329,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     heads: list[tuple[str, Head, str]] = [("default", None, "no whitening")]
     t0 = time.perf_counter()
     heads.append(("pca", pca_head(store, db_keys), f"PCA-whitening of the {n_db} database images' regions"))
-    variants = [(v, s) for v in COPY_VECTORS for s in args.shrinks] if args.tune else [(args.vectors, args.shrink)]
-    for vectors, shrink in variants:
-        x, groups = lw_data(store, fit_photos, args.train_copies, vectors)
-        name = f"lw-{vectors}-{shrink:g}" if args.tune else "lw-copies"
+    variants = [("lw-copies", args.vectors, args.shrink, fit_photos)]
+    if args.tune:  # every input x shrink, and the defaults from half the photos (does LW want more photos?)
+        half = fit_photos[::2]
+        variants = [(f"lw-{v}-{s:g}", v, s, fit_photos) for v in COPY_VECTORS for s in args.shrinks]
+        variants.append((f"lw-{args.vectors}-{args.shrink:g}-half", args.vectors, args.shrink, half))
+    for name, vectors, shrink, photos in variants:
+        x, groups = lw_data(store, photos, args.train_copies, vectors)
         heads.append((name, head_of(learn_lw_whitening(x, groups, shrink=shrink)),
-                      f"LW ({vectors}, shrink {shrink:g}) from {len(fit_photos)} training photos x "
+                      f"LW ({vectors}, shrink {shrink:g}) from {len(photos)} training photos x "
                       f"(1 + {args.train_copies} copies, seed {DEFAULT_COPY_SEED}), {len(x)} vectors"))
         del x
     print(f"heads learned in {time.perf_counter() - t0:.0f} s", flush=True)
