@@ -95,6 +95,38 @@ def _top_k(sims: np.ndarray, k: int) -> np.ndarray:
     return np.nonzero(chosen)[-1].reshape(*sims.shape[:-1], k)
 
 
+def _mda_neighbours(
+    x: np.ndarray, k: int, beta: float, gram: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """MDescAug's neighbours ``(m, M, kk)`` (positions in the shortlist) and their weights (float64)."""
+    if k < 0 or not beta >= 0:
+        raise ImsearchError(f"MDescAug needs k >= 0 and beta >= 0, got k={k}, beta={beta}")
+    m, size, _ = x.shape
+    kk = min(int(k), size - 1)
+    if kk == 0:
+        return np.zeros((m, size, 0), dtype=np.int64), np.zeros((m, size, 0))
+    sims = np.einsum("amd,and->amn", x, x) if gram is None else gram
+    sims = np.array(sims, dtype=np.float64)  # a copy: the diagonal is overwritten
+    if sims.shape != (m, size, size):
+        raise ImsearchError(f"gram must be (queries, M, M) = {(m, size, size)}, got {sims.shape}")
+    sims[:, np.arange(size), np.arange(size)] = -np.inf  # never one's own neighbour
+    nearest = _top_k(sims, kk)
+    return nearest, beta * np.clip(np.take_along_axis(sims, nearest, axis=2), 0.0, None)
+
+
+def _augment(x: np.ndarray, nearest: np.ndarray, weights: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The augmented descriptors ``(m, r, d)`` of the shortlist positions ``rows`` ``(m, r)``."""
+    m, size, _ = x.shape
+    idx = np.take_along_axis(nearest, rows[:, :, None], axis=1)  # (m, r, kk)
+    w = np.take_along_axis(weights, rows[:, :, None], axis=1)
+    flat = x.reshape(m * size, -1)
+    offset = (np.arange(m) * size)[:, None]
+    own = np.take(flat, (rows + offset).reshape(-1), axis=0).reshape(m, rows.shape[1], x.shape[2])
+    neighbours = np.take(flat, (idx + offset[:, :, None]).reshape(-1), axis=0).reshape(*idx.shape, x.shape[2])
+    total = own + np.einsum("ark,arkd->ard", w.astype(x.dtype), neighbours)
+    return total / (1.0 + w.sum(axis=2))[:, :, None].astype(x.dtype)
+
+
 def mdescaug(
     shortlist: np.ndarray, *, k: int = MDA_K, beta: float = MDA_BETA, gram: np.ndarray | None = None
 ) -> np.ndarray:
@@ -108,23 +140,24 @@ def mdescaug(
     matrix); computed otherwise. The means are not re-normalized (as in the paper).
     """
     x = _shortlist(shortlist)
-    if k < 0 or not beta >= 0:
-        raise ImsearchError(f"MDescAug needs k >= 0 and beta >= 0, got k={k}, beta={beta}")
-    m, size, _ = x.shape
-    kk = min(int(k), size - 1)
-    if kk == 0:
-        return x.astype(np.float32)
-    sims = np.einsum("amd,and->amn", x, x) if gram is None else gram
-    sims = np.array(sims, dtype=np.float64)  # a copy: the diagonal is overwritten
-    if sims.shape != (m, size, size):
-        raise ImsearchError(f"gram must be (queries, M, M) = {(m, size, size)}, got {sims.shape}")
-    sims[:, np.arange(size), np.arange(size)] = -np.inf  # never one's own neighbour
-    nearest = _top_k(sims, kk)  # (m, M, kk)
-    weights = beta * np.clip(np.take_along_axis(sims, nearest, axis=2), 0.0, None)
-    rows = (nearest + (np.arange(m) * size)[:, None, None]).reshape(-1)  # into the (m * M, d) rows
-    neighbours = np.take(x.reshape(m * size, -1), rows, axis=0).reshape(m, size, kk, -1)  # (m, M, kk, d)
-    total = x + np.einsum("amk,amkd->amd", weights.astype(x.dtype), neighbours)
-    return (total / (1.0 + weights.sum(axis=2))[:, :, None].astype(x.dtype)).astype(np.float32)
+    nearest, weights = _mda_neighbours(x, k, beta, gram)
+    every = np.broadcast_to(np.arange(x.shape[1]), x.shape[:2])
+    return _augment(x, nearest, weights, every).astype(np.float32)
+
+
+def _check_query(query: np.ndarray, shortlist: np.ndarray, k: int) -> np.ndarray:
+    q = np.asarray(query, dtype=np.float64)
+    if q.ndim != 2 or q.shape[0] != shortlist.shape[0] or q.shape[1] != shortlist.shape[2]:
+        raise ImsearchError(f"query {q.shape} does not fit the shortlists {shortlist.shape}")
+    if k < 1:
+        raise ImsearchError(f"RerankwMDA needs k >= 1, got {k}")
+    return q
+
+
+def _final_order(s1: np.ndarray, s2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    score = 0.5 * (s1 + s2)
+    order = np.argsort(-score, axis=1, kind="stable")
+    return order, np.take_along_axis(score, order, axis=1).astype(np.float32)
 
 
 def rerank_wmda(
@@ -139,18 +172,12 @@ def rerank_wmda(
     to the better first-round rank), and their scores (float32). Results past the shortlist
     keep their first-round order after it.
     """
-    q = np.asarray(query, dtype=np.float64)
     a = _shortlist(augmented)
-    if q.ndim != 2 or q.shape[0] != a.shape[0] or q.shape[1] != a.shape[2]:
-        raise ImsearchError(f"query {q.shape} does not fit the shortlists {a.shape}")
-    if k < 1:
-        raise ImsearchError(f"RerankwMDA needs k >= 1, got {k}")
+    q = _check_query(query, a, k)
     s1 = np.einsum("ad,amd->am", q, a)
     top = np.argsort(-s1, axis=1, kind="stable")[:, : min(int(k), a.shape[1])]
     refined = np.take_along_axis(a, top[:, :, None], axis=1).max(axis=1)  # (m, d)
-    score = 0.5 * (s1 + np.einsum("ad,amd->am", refined, a))
-    order = np.argsort(-score, axis=1, kind="stable")
-    return order, np.take_along_axis(score, order, axis=1).astype(np.float32)
+    return _final_order(s1, np.einsum("ad,amd->am", refined, a))
 
 
 def superglobal_rerank(
@@ -162,5 +189,25 @@ def superglobal_rerank(
     query_k: int = MDA_QUERY_K,
     gram: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """MDescAug then RerankwMDA of each query's shortlist: ``(order, scores)`` as :func:`rerank_wmda`."""
-    return rerank_wmda(query, mdescaug(shortlist, k=k, beta=beta, gram=gram), k=query_k)
+    """MDescAug then RerankwMDA of each query's shortlist: ``(order, scores)`` as :func:`rerank_wmda`.
+
+    The same numbers as ``rerank_wmda(query, mdescaug(shortlist))`` without building every augmented
+    descriptor: an augmented descriptor is a weighted mean, so its dot product with any vector is
+    the same weighted mean of the shortlist's dot products; only the ``query_k`` max-pooled into
+    the refined query are built. Cost ``O(M d + M k)`` per query besides the similarities
+    among the shortlist (``gram``, when the caller has them, e.g. a database-by-database matrix).
+    """
+    x = _shortlist(shortlist)
+    q = _check_query(query, x, query_k)
+    nearest, weights = _mda_neighbours(x, k, beta, gram)
+    norm = 1.0 + weights.sum(axis=2)
+    picks = np.arange(x.shape[0])[:, None, None], nearest
+
+    def augmented_dots(v: np.ndarray) -> np.ndarray:  # (m, d) -> (m, M) dot products with the augmented
+        dots = np.einsum("ad,amd->am", v, x)
+        return (dots + np.einsum("amk,amk->am", weights, dots[picks])) / norm
+
+    s1 = augmented_dots(q)
+    top = np.argsort(-s1, axis=1, kind="stable")[:, : min(int(query_k), x.shape[1])]
+    refined = _augment(x, nearest, weights, top).max(axis=1)
+    return _final_order(s1, augmented_dots(refined.astype(np.float64)))

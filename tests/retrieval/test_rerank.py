@@ -129,13 +129,20 @@ def test_rerank_wmda_matches_loop(k: int) -> None:
     assert (np.diff(scores, axis=1) <= 0).all()
 
 
-def test_superglobal_rerank_is_mdescaug_then_rerank_wmda() -> None:
+@pytest.mark.parametrize(("k", "beta", "query_k"), [(MDA_K, MDA_BETA, MDA_QUERY_K), (4, 0.3, 5), (0, 0.15, 2)])
+def test_superglobal_rerank_is_mdescaug_then_rerank_wmda(k: int, beta: float, query_k: int) -> None:
+    """The fast path (dot products through the weights) against both loops, one after the other."""
     q, x = _shortlists(3, m=2, size=30, d=8)
-    order, scores = superglobal_rerank(q, x, k=4, beta=0.3, query_k=5)
-    want_order, want_scores = rerank_wmda(q, mdescaug(x, k=4, beta=0.3), k=5)
+    order, scores = superglobal_rerank(q, x, k=k, beta=beta, query_k=query_k)
+    want_order, want_scores = rerank_wmda(q, mdescaug(x, k=k, beta=beta), k=query_k)
     np.testing.assert_array_equal(order, want_order)
-    np.testing.assert_array_equal(scores, want_scores)
-    assert sorted(order[0].tolist()) == list(range(30))  # a permutation of the shortlist
+    np.testing.assert_allclose(scores, want_scores, atol=1e-6)
+    for i in range(2):
+        ref_order, ref_scores = ref_rerank_wmda(q[i], ref_mdescaug(x[i], k, beta), query_k)
+        assert order[i].tolist() == ref_order
+        np.testing.assert_allclose(scores[i], ref_scores, atol=1e-6)
+    gram = np.einsum("amd,and->amn", x, x)
+    np.testing.assert_array_equal(superglobal_rerank(q, x, k=k, beta=beta, query_k=query_k, gram=gram)[0], order)
 
 
 def test_superglobal_rerank_refuses_bad_input() -> None:
