@@ -79,6 +79,7 @@ def _head_bytes(model: DescriptorModel, onnx_bytes: int, cosine: float) -> bytes
         "version": ARTIFACT_VERSION,
         "fingerprint": model.fingerprint,
         "model": model.meta.to_dict(),
+        "head": model.head_settings(),
         "gem_p": model.gem_p,
         "onnx_bytes": onnx_bytes,
         "export_cosine": cosine,
@@ -129,6 +130,12 @@ def export_quick_model(root: str | os.PathLike[str], model: DescriptorModel) -> 
 def _export(root: Path, model: DescriptorModel, onnx_path: Path, head_path: Path) -> tuple[Path, Path]:
     if model.meta.pooling not in POOLINGS:
         raise QuickUnavailableError(f"pooling {model.meta.pooling!r} has no numpy head")
+    if not model.scales_summed:
+        raise QuickUnavailableError(
+            f"the model combines its scales by {model.meta.scale_agg!r}, which the torch extractor does not do "
+            "yet: there is no torch descriptor to check an export against (nor can the extractor describe "
+            "images with this model)"
+        )
     if not onnx_available():
         raise QuickUnavailableError("onnxruntime and onnx are needed for fast queries: pip install 'imsearch[onnx]'")
     t0 = time.perf_counter()

@@ -1,9 +1,11 @@
-"""The descriptor head in numpy: pool -> [whiten] -> L2, per scale; scales summed -> L2.
+"""The descriptor head in numpy: [ReLU+] -> pool -> [whiten] -> L2, per scale; scales combined -> L2.
 
-The twin of :meth:`retrieval.models.descriptor.DescriptorModel.head` and
+The twin of :meth:`retrieval.models.descriptor.DescriptorModel.scale_descriptor` /
+:meth:`~retrieval.models.descriptor.DescriptorModel.combine_scales` and
 :mod:`retrieval.models.pooling` without torch (the tests hold the two to 1e-5 on the same
-feature maps). Feature maps are one image's ``(C, H, W)`` float32 array; the arithmetic runs in
-float64 and the descriptor comes back as float32.
+feature maps), SuperGlobal's options included (GeM+, regional GeM, ReLU+, Scale-GeM). Feature
+maps are one image's ``(C, H, W)`` float32 array; the arithmetic runs in float64 and the
+descriptor comes back as float32.
 """
 
 from __future__ import annotations
@@ -14,11 +16,20 @@ from functools import lru_cache
 
 import numpy as np
 
+from retrieval.models.pooling_defaults import (
+    EPS,
+    GEM_P,
+    RGEM_PR,
+    RGEM_SIZE,
+    RMAC_LEVELS,
+    RMAC_OVERLAP,
+    SCALE_AGGS,
+    SCALE_GEM_P,
+)
 from retrieval.quick import QuickUnavailableError
 
-EPS = 1e-6  # the torch head's epsilon (retrieval.models.pooling.EPS)
 _RMAC_STEPS = (2, 3, 4, 5, 6, 7)
-POOLINGS = ("rmac", "gem", "mac", "spoc")
+POOLINGS = ("rmac", "gem", "rgem", "mac", "spoc")
 
 Region = tuple[int, int, int, int]  # (y0, x0, height, width) in feature-map cells
 
@@ -47,7 +58,9 @@ def _starts(extent: int, size: int, count: int) -> list[int]:
 
 
 @lru_cache(maxsize=1024)
-def rmac_regions(height: int, width: int, levels: int = 3, overlap: float = 0.4) -> tuple[Region, ...]:
+def rmac_regions(
+    height: int, width: int, levels: int = RMAC_LEVELS, overlap: float = RMAC_OVERLAP
+) -> tuple[Region, ...]:
     """The R-MAC grid of :func:`retrieval.models.pooling.rmac_regions` (same rule, tested equal)."""
     short, long = min(height, width), max(height, width)
     m = _long_side_regions(short, long, overlap)
@@ -72,21 +85,70 @@ def rmac_vectors(fmap: np.ndarray, levels: int, overlap: float) -> np.ndarray:
     return l2n(out)
 
 
+def gem(x: np.ndarray, p: float, eps: float) -> np.ndarray:
+    """GeM of a ``(C, H, W)`` map: ``(C,)``."""
+    return np.power(np.power(np.maximum(x, eps), p).mean(axis=(1, 2)), 1.0 / p)
+
+
+def local_gem(x: np.ndarray, p: float, size: int, eps: float) -> np.ndarray:
+    """Power mean of each cell's ``size x size`` neighbourhood, clipped to the map: ``(C, H, W) -> same``
+    (:func:`retrieval.models.pooling.local_gem`)."""
+    _, height, width = x.shape
+    r = size // 2
+    padded = np.zeros((x.shape[0], height + 2 * r, width + 2 * r))
+    padded[:, r : r + height, r : r + width] = np.power(np.maximum(x, eps), p)
+    inside = np.zeros((height + 2 * r, width + 2 * r))
+    inside[r : r + height, r : r + width] = 1.0
+    total = np.zeros(x.shape)
+    count = np.zeros((height, width))
+    for dy in range(size):
+        for dx in range(size):
+            total += padded[:, dy : dy + height, dx : dx + width]
+            count += inside[dy : dy + height, dx : dx + width]
+    return np.power(total / count, 1.0 / p)
+
+
+def combine_scales(per_scale: np.ndarray, agg: str, p: float) -> np.ndarray:
+    """``(S, D)`` L2-normalized per-scale descriptors -> ``(D,)`` L2-normalized
+    (:func:`retrieval.models.pooling.combine_scales`)."""
+    if agg == "sum":
+        total = per_scale.sum(axis=0)
+    elif agg == "max":
+        total = per_scale.max(axis=0)
+    elif agg == "gem":
+        gamma = per_scale.min()
+        total = np.power(np.power(per_scale - gamma, p).mean(axis=0), 1.0 / p) + gamma
+    else:
+        raise QuickUnavailableError(f"scale aggregation {agg!r} has no numpy head (known: {', '.join(SCALE_AGGS)})")
+    return l2n(total)
+
+
 @dataclass(frozen=True)
 class NumpyHead:
     """Pooling settings and whitening of one model; :meth:`__call__` maps a ``(C, H, W)`` map to ``(dim,)``."""
 
     pooling: str
-    levels: int = 3
-    overlap: float = 0.4
-    gem_p: float = 3.0
+    levels: int = RMAC_LEVELS
+    overlap: float = RMAC_OVERLAP
+    gem_p: float = GEM_P
     gem_eps: float = EPS
     whiten_weight: np.ndarray | None = None  # (D, C) float64
     whiten_bias: np.ndarray | None = None  # (D,) float64
+    relu_eps: float | None = None  # ReLU+ floor (None: off)
+    rgem_pr: float = RGEM_PR
+    rgem_size: int = RGEM_SIZE
+    scale_agg: str = "sum"
+    scale_p: float = SCALE_GEM_P
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
             raise QuickUnavailableError(f"pooling {self.pooling!r} has no numpy head (known: {', '.join(POOLINGS)})")
+        if self.scale_agg not in SCALE_AGGS:
+            raise QuickUnavailableError(
+                f"scale aggregation {self.scale_agg!r} has no numpy head (known: {', '.join(SCALE_AGGS)})"
+            )
+        if self.rgem_size < 1 or self.rgem_size % 2 == 0:
+            raise QuickUnavailableError(f"the regional GeM window must be odd and >= 1, got {self.rgem_size}")
 
     def _whiten(self, x: np.ndarray) -> np.ndarray:
         assert self.whiten_weight is not None and self.whiten_bias is not None
@@ -97,6 +159,8 @@ class NumpyHead:
         x = np.asarray(fmap, dtype=np.float64)
         if x.ndim != 3:
             raise ValueError(f"a feature map is (C, H, W), got shape {x.shape}")
+        if self.relu_eps is not None:
+            x = np.maximum(x, self.relu_eps)
         if self.pooling == "rmac":
             vectors = rmac_vectors(x, self.levels, self.overlap)
             if self.whiten_weight is not None:
@@ -106,14 +170,16 @@ class NumpyHead:
             vec = x.max(axis=(1, 2))
         elif self.pooling == "spoc":
             vec = x.mean(axis=(1, 2))
+        elif self.pooling == "rgem":
+            vec = gem(0.5 * (x + local_gem(x, self.rgem_pr, self.rgem_size, self.gem_eps)), self.gem_p, self.gem_eps)
         else:  # gem
-            vec = np.power(np.power(np.maximum(x, self.gem_eps), self.gem_p).mean(axis=(1, 2)), 1.0 / self.gem_p)
+            vec = gem(x, self.gem_p, self.gem_eps)
         vec = l2n(vec)
         if self.whiten_weight is not None:
             vec = l2n(self._whiten(vec))
         return vec
 
     def multi_scale(self, fmaps: list[np.ndarray]) -> np.ndarray:
-        """The image descriptor: per-scale descriptors summed, L2-normalized, float32."""
-        total = np.sum([self(f) for f in fmaps], axis=0)
-        return np.ascontiguousarray(l2n(total), dtype=np.float32)
+        """The image descriptor: per-scale descriptors combined (``scale_agg``), L2-normalized, float32."""
+        per_scale = np.stack([self(f) for f in fmaps])
+        return np.ascontiguousarray(combine_scales(per_scale, self.scale_agg, self.scale_p), dtype=np.float32)

@@ -4,7 +4,8 @@ Artifacts, next to the collection's ``models/<fp>.pt`` (``fp``: the first 16 hex
 the model's fingerprint)::
 
     models/<fp>.onnx       the BatchNorm-folded backbone, dynamic batch/height/width, float32 NCHW
-    models/<fp>.head.npz   pooling, GeM p, whitening, and a JSON header: fingerprint, ModelMeta,
+    models/<fp>.head.npz   whitening, and a JSON header: fingerprint, ModelMeta, every head setting
+                           resolved (pooling, GeM p, ReLU+, regional GeM, scale aggregation; version 2),
                            the ONNX file's size, the cosine measured against torch at export
 
 :func:`retrieval.quick.export.export_quick_model` writes them (the ``.npz`` last: it is the
@@ -28,12 +29,15 @@ from typing import Any
 import numpy as np
 
 from retrieval.imageio import ImageSource, decode_image
+from retrieval.models.pooling_defaults import EPS, GEM_P, RGEM_PR, RGEM_SIZE, RMAC_LEVELS, RMAC_OVERLAP
 from retrieval.quick import QuickUnavailableError
 from retrieval.quick.head import NumpyHead
 
 logger = logging.getLogger(__name__)
 
-ARTIFACT_VERSION = 1
+#: the head file version written; version 1 files (no resolved head settings) are still read
+ARTIFACT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 #: a cosine below this between the exported path and torch refuses the export
 MIN_EXPORT_COSINE = 0.9999
 
@@ -93,23 +97,59 @@ def read_header(head_path: Path) -> tuple[QuickMeta, NumpyHead]:
             bias = npz["whiten_bias"] if "whiten_bias" in npz.files else None
     except (OSError, ValueError, KeyError) as exc:
         raise QuickUnavailableError(f"{head_path} is unreadable ({exc})") from exc
-    if header.get("version") != ARTIFACT_VERSION:
+    if header.get("version") not in READABLE_VERSIONS:
         raise QuickUnavailableError(
-            f"{head_path} has version {header.get('version')!r}, this imsearch reads {ARTIFACT_VERSION}"
+            f"{head_path} has version {header.get('version')!r}, this imsearch reads "
+            f"{', '.join(map(str, READABLE_VERSIONS))}"
         )
     model = header["model"]
-    params = model.get("pooling_params", {})
-    head = NumpyHead(
-        pooling=model["pooling"],
-        levels=int(params.get("levels", 3)),
-        overlap=float(params.get("overlap", 0.4)),
-        gem_p=float(header.get("gem_p") or 3.0),
-        gem_eps=float(params.get("eps", 1e-6)),
-        whiten_weight=None if weight is None else weight.astype(np.float64),
-        whiten_bias=None if bias is None else bias.astype(np.float64),
-    )
+    white = {
+        "whiten_weight": None if weight is None else weight.astype(np.float64),
+        "whiten_bias": None if bias is None else bias.astype(np.float64),
+    }
+    try:
+        head = _head_v1(header, white) if header["version"] == 1 else head_from_settings(header["head"], **white)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise QuickUnavailableError(f"{head_path} has invalid head settings ({exc})") from exc
     meta = QuickMeta(header["fingerprint"], model, int(header["onnx_bytes"]), float(header["export_cosine"]))
     return meta, head
+
+
+def _head_v1(header: dict[str, Any], white: dict[str, Any]) -> NumpyHead:
+    """A version 1 header: the pooling settings from the model's metadata (before ReLU+, regional
+    GeM and Scale-GeM existed, so none of them is on)."""
+    model = header["model"]
+    params = model.get("pooling_params", {})
+    return NumpyHead(
+        pooling=model["pooling"],
+        levels=int(params.get("levels", RMAC_LEVELS)),
+        overlap=float(params.get("overlap", RMAC_OVERLAP)),
+        gem_p=float(header.get("gem_p") or GEM_P),
+        gem_eps=float(params.get("eps", EPS)),
+        **white,
+    )
+
+
+def head_from_settings(
+    settings: dict[str, Any], *, whiten_weight: np.ndarray | None = None, whiten_bias: np.ndarray | None = None
+) -> NumpyHead:
+    """The numpy head of ``DescriptorModel.head_settings()`` (what a version 2 header holds), whitening
+    given as float64 arrays."""
+    relu_eps = settings.get("relu_eps")
+    return NumpyHead(
+        pooling=str(settings["pooling"]),
+        levels=int(settings.get("levels", RMAC_LEVELS)),
+        overlap=float(settings.get("overlap", RMAC_OVERLAP)),
+        gem_p=float(settings.get("p", GEM_P)),
+        gem_eps=float(settings["eps"]),
+        relu_eps=None if relu_eps is None else float(relu_eps),
+        rgem_pr=float(settings.get("pr", RGEM_PR)),
+        rgem_size=int(settings.get("size", RGEM_SIZE)),
+        scale_agg=str(settings["scale_agg"]),
+        scale_p=float(settings["scale_p"]),
+        whiten_weight=whiten_weight,
+        whiten_bias=whiten_bias,
+    )
 
 
 class QuickModel:

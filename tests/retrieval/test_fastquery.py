@@ -23,13 +23,13 @@ from retrieval.filters import SearchFilter
 from retrieval.models import pooling
 from retrieval.models.descriptor import DescriptorModel
 from retrieval.models.extract import Extractor, input_size
-from retrieval.models.whitening import learn_pca_whitening
+from retrieval.models.whitening import WhiteningParams, learn_pca_whitening
 from retrieval.quick import QuickUnavailableError
 from retrieval.quick import head as qhead
 from retrieval.quick import search as qsearch
 from retrieval.quick.catalog import SqliteCatalog, head_revision
 from retrieval.quick.export import export_quick_model, quick_model_ready
-from retrieval.quick.model import QuickModel, artifact_paths, failure_path, read_header
+from retrieval.quick.model import QuickModel, artifact_paths, failure_path, head_from_settings, read_header
 from retrieval.quick.model import input_size as quick_input_size
 from retrieval.search import Query, SearchEngine
 from retrieval.store import catalog
@@ -114,6 +114,51 @@ def test_numpy_head_matches_descriptor_model_head(pool: str) -> None:
         per_scale = [model.head(torch.from_numpy(m)[None])[0] for m in maps]
         want = pooling.l2n(torch.stack(per_scale).sum(0)).numpy()
     np.testing.assert_allclose(head.multi_scale(maps), want, atol=1e-5, rtol=0)
+
+
+SUPERGLOBAL_HEADS = [
+    ("gem", {"p": 4.6}, "sum"),  # GeM+
+    ("rgem", {}, "sum"),  # regional GeM, default window and exponents
+    ("rgem", {"p": 4.6, "pr": 2.0, "size": 3}, "sum"),
+    ("gem", {"relu_eps": 0.3}, "sum"),  # ReLU+ (a floor the random maps cross)
+    ("rmac", {"relu_eps": 0.3}, "max"),  # ReLU+ and Scale-GeM on R-MAC
+    ("gem", {}, "gem"),  # Scale-GeM power mean
+    ("rgem", {"p": 4.6, "relu_eps": 0.05}, "max"),  # all of them
+]
+
+
+@pytest.mark.parametrize(("pool", "params", "agg"), SUPERGLOBAL_HEADS)
+@pytest.mark.parametrize("whitened", [False, True], ids=["plain", "whitened"])
+def test_numpy_head_matches_the_torch_head_with_superglobal_options(
+    pool: str, params: dict[str, float], agg: str, whitened: bool
+) -> None:
+    """Every SuperGlobal option: the numpy head made from the model's head settings (as an export
+    writes them) against DescriptorModel.scale_descriptor / describe_maps in float64."""
+    model = DescriptorModel.create("efficientnet_lite0", weights="random", pooling=pool, pooling_params=params,
+                                   max_side=64, scales=(1.0, 0.7, 0.5), scale_agg=agg)
+    rng = np.random.default_rng(7)
+    if whitened:  # a random projection: the head's arithmetic is the point, not a learned whitening
+        c = model.meta.channels
+        model.set_whitening(WhiteningParams(mean=np.abs(rng.normal(size=c)) * 0.1,
+                                            weight=rng.normal(size=(64, c)) / np.sqrt(c),
+                                            eigenvalues=np.ones(64), power=0.5, n_samples=300))
+    settings = json.loads(json.dumps(model.head_settings()))  # through JSON, as in the header
+    white = model.whiten
+    head = head_from_settings(
+        settings,
+        whiten_weight=None if white is None else white.weight.detach().double().numpy(),
+        whiten_bias=None if white is None else white.bias.detach().double().numpy(),
+    )
+    ref = copy.deepcopy(model).double()
+    shapes = [(1, 1), (3, 7), (7, 3), (12, 16), (2, 30)]
+    maps = [np.maximum(rng.normal(size=(model.meta.channels, h, w)), 0).astype(np.float32) for h, w in shapes]
+    with torch.no_grad():
+        for fmap in maps:
+            want = ref.scale_descriptor(torch.from_numpy(fmap).double()[None])[0].numpy()
+            np.testing.assert_allclose(head(fmap), want, atol=1e-5, rtol=0)
+        for triple in (maps[:3], maps[2:]):
+            want = ref.describe_maps([torch.from_numpy(m).double()[None] for m in triple])[0].numpy()
+            np.testing.assert_allclose(head.multi_scale(triple), want, atol=1e-5, rtol=0)
 
 
 def test_rmac_grid_and_input_size_are_the_torch_sides() -> None:
@@ -217,6 +262,48 @@ def test_a_whitened_gem_model_exports_and_matches(tmp_path: Path) -> None:
     ref = Extractor(model, batch_size=4, workers=1).extract(photos[20:])
     ours = np.stack([quick.describe(p) for p in photos[20:]])
     assert ours.shape == (4, 128) and np.sum(ref * ours, axis=1).min() >= 0.999
+
+
+def test_a_superglobal_model_exports_and_matches(tmp_path: Path) -> None:
+    """Regional GeM with GeM+'s exponent and ReLU+, two scales summed: exported (header version 2) and
+    the onnxruntime + numpy descriptors match the torch extractor's."""
+    model = DescriptorModel.create("efficientnet_lite0", pooling="rgem", pooling_params={"p": 4.6, "relu_eps": 0.014},
+                                   max_side=160, scales=(1.0, 0.5))
+    photos = f.real_photos(4, stride=211)
+    export_quick_model(tmp_path, model)
+    onnx_path, head_path = artifact_paths(tmp_path, model.fingerprint)
+    meta, head = read_header(head_path)
+    assert meta.model == model.meta.to_dict() and meta.export_cosine >= 0.9999
+    assert (head.pooling, head.gem_p, head.relu_eps, head.rgem_size) == ("rgem", pytest.approx(4.6), 0.014, 5)
+    quick = QuickModel(onnx_path, head_path)
+    ref = Extractor(model, batch_size=4, workers=1).extract(photos)
+    ours = np.stack([quick.describe(p) for p in photos])
+    assert np.sum(ref * ours, axis=1).min() >= 0.999
+
+
+def test_a_scale_gem_model_is_refused_by_export_and_recorded(tmp_path: Path) -> None:
+    model = DescriptorModel.create("efficientnet_lite0", weights="random", max_side=64, scales=(1.0, 0.5),
+                                   scale_agg="max")
+    with pytest.raises(QuickUnavailableError, match="combines its scales by 'max'"):
+        export_quick_model(tmp_path, model)
+    assert "'max'" in failure_path(tmp_path, model.fingerprint).read_text()
+    assert not artifact_paths(tmp_path, model.fingerprint)[0].exists()
+
+
+def test_a_version_1_head_file_is_still_read(env: Env, tmp_path: Path) -> None:
+    """A head file written before the resolved head settings (version 1) gives the same numpy head."""
+    _, head_path = artifact_paths(env.root, env.model.fingerprint)
+    with np.load(head_path) as npz:
+        header = json.loads(bytes(npz["header"]).decode("utf-8"))
+    assert header["version"] == 2 and header["head"] == env.model.head_settings()
+    old = {k: v for k, v in header.items() if k != "head"} | {"version": 1}
+    old_path = tmp_path / head_path.name
+    np.savez(old_path, header=np.frombuffer(json.dumps(old).encode("utf-8"), dtype=np.uint8))
+    assert read_header(old_path)[1] == read_header(head_path)[1]
+    old["version"] = 3
+    np.savez(old_path, header=np.frombuffer(json.dumps(old).encode("utf-8"), dtype=np.uint8))
+    with pytest.raises(QuickUnavailableError, match="version 3, this imsearch reads 1, 2"):
+        read_header(old_path)
 
 
 def test_a_corrupt_or_foreign_export_is_not_used(env: Env, tmp_path: Path) -> None:
