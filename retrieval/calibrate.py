@@ -64,6 +64,12 @@ WILSON_Z = 1.0
 #: other photos per query counted as negatives
 NEGATIVES_PER_QUERY = 10
 FORMAT_VERSION = 1
+#: photos sampled by default, edited copies of each, and the seed of both
+DEFAULT_SAMPLE = 200
+DEFAULT_COPIES = 2
+DEFAULT_SEED = 0
+#: ``imsearch index`` / ``reindex`` calibrate at their end only from this many photos on
+MIN_PHOTOS = 50
 #: ``imsearch index`` calibrates again when the collection has more than this many times the
 #: images it had when calibrated (a bigger collection holds closer non-copies)
 REGROW_FACTOR = 2.0

@@ -232,6 +232,14 @@ def test_numeric_module_needs_no_torch() -> None:
 # ---------------------------------------------------------------------------- a real collection
 
 
+def key_of(path: Path) -> int:
+    import hashlib
+
+    from retrieval.store.keys import image_key
+
+    return image_key(hashlib.sha256(path.read_bytes()).hexdigest())
+
+
 @dataclass(frozen=True)
 class Small:
     root: Path
@@ -249,10 +257,33 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> Small:
     from tests.retrieval.test_fastquery import build
 
     model = DescriptorModel.create("efficientnet_lite0", max_side=128, scales=(1.0,))
-    photos = f.real_photos(16, stride=167)
-    root = tmp_path_factory.mktemp("calibrate") / "data"
-    build(root, model, photos)
-    return Small(root, model, Extractor(model, batch_size=8, workers=2), photos)
+    photos = f.real_photos(15, stride=167)
+    tmp = tmp_path_factory.mktemp("calibrate")
+    photos.append(resized_copy(photos[0], tmp / "dup.jpg"))  # a duplicate the collection holds
+    build(tmp / "data", model, photos)
+    return Small(tmp / "data", model, Extractor(model, batch_size=8, workers=2), photos)
+
+
+def resized_copy(src: Path, out: Path) -> Path:
+    from PIL import Image
+
+    with Image.open(src) as im:
+        w, h = im.size
+        im.convert("RGB").resize((w * 9 // 10, h * 9 // 10), Image.Resampling.LANCZOS).save(out, quality=80)
+    return out
+
+
+def test_the_same_photo_resized_is_told_from_other_photos(tmp_path: Path) -> None:
+    from retrieval.calibrate_collection import photo_signature, same_photo
+    from retrieval.imageio import decode_image
+    from tests import imagefactory as f
+
+    a, b = f.real_photos(2, stride=301)
+    sig = {p: photo_signature(decode_image(p, max_side=64).pixels) for p in (a, b, resized_copy(a, tmp_path / "r.jpg"))}
+    assert float(sig[a] @ sig[a]) == pytest.approx(1.0)
+    assert same_photo(sig[a], sig[tmp_path / "r.jpg"]) and not same_photo(sig[a], sig[b])
+    flat = photo_signature(np.full((40, 60, 3), 128, dtype=np.uint8))
+    assert not flat.any() and not same_photo(flat, flat)
 
 
 def test_calibrate_a_collection_from_copies_of_its_photos(small: Small) -> None:
@@ -265,16 +296,23 @@ def test_calibrate_a_collection_from_copies_of_its_photos(small: Small) -> None:
         ids = sample_photos(col, 8, seed=3)
         assert len(ids) == 8 and list(ids) == list(sample_photos(col, 8, seed=3))
         assert list(sample_photos(col, 99, seed=3)) == list(col.index_ids("image"))  # all of a small collection
-        a = score_copies(col, ids[:3], seed=3, copies_per_photo=2, negatives_per_query=5, extractor=ex)
-        b = score_copies(col, ids[:3], seed=3, copies_per_photo=2, negatives_per_query=5, extractor=ex)
+        first, dup = (key_of(p) for p in (photos[0], photos[-1]))
+        picked = np.array([first, *[i for i in ids if i not in (first, dup)][:2]], dtype=np.int64)
+        a = score_copies(col, picked, seed=3, copies_per_photo=2, negatives_per_query=5, extractor=ex)
+        b = score_copies(col, picked, seed=3, copies_per_photo=2, negatives_per_query=5, extractor=ex)
         assert a.photos == 3 and len(a.positives) == 6 and len(a.negatives) == 6 * 5 + 3 * 5 and len(a.neighbours) == 3
         np.testing.assert_array_equal(a.positives, b.positives)  # seeded: the same copies every time
         np.testing.assert_array_equal(a.negatives, b.negatives)
-        # each original's top-1 other photo, by brute force over the stored vectors
-        vecs = col.reconstruct("image", col.index_ids("image"))
-        sims = col.reconstruct("image", ids[:3]) @ vecs.T
-        sims[sims > 0.9999] = -1  # itself
+        # each original's top-1 other photo, by brute force over the stored vectors; the duplicate of
+        # photos[0] (its nearest image) is the same photo, not another one
+        all_ids = col.index_ids("image")
+        sims = col.reconstruct("image", picked) @ col.reconstruct("image", all_ids).T
+        sims[all_ids[None, :] == picked[:, None]] = -1  # itself
+        dup_score = float(sims[0][all_ids == dup][0])
+        assert dup_score == sims[0].max() and dup_score > 0.9
+        sims[0][all_ids == dup] = -1
         np.testing.assert_allclose(a.neighbours, sims.max(axis=1), atol=1e-5)
+        assert a.duplicates >= 1 and dup_score not in a.negatives.tolist()
         assert a.positives.mean() > a.negatives.mean()
         c = calibrate_collection(col, sample=16, copies_per_photo=2, seed=3, negatives_per_query=5, extractor=ex)
     assert c.photos == 16 and c.positives == 32 and c.collection_size == 16 and c.seed == 3
