@@ -26,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "stats",
     "labels",
     "duplicates",
+    "calibrate",
     "eval",
     "reindex",
     "train",

@@ -9,6 +9,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from indexer.commands.calibrate import add_calibrate_option, calibrate_after_run
 from indexer.commands.common import add_model_options, model_from_args
 from indexer.config import add_common
 from retrieval.ingest.settings import (
@@ -62,6 +63,7 @@ def register(sub: Any) -> None:
     p.add_argument("--shards", type=int, default=None,
                    help="split a new collection's vector index into N shards (default: what exists, else 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines instead)")
+    add_calibrate_option(p)
     ray = p.add_argument_group("more than one machine (the [ray] extra)")
     ray.add_argument("--engine", choices=["local", "ray"], default="local",
                      help="local: threads on this machine (default); ray: Ray Data actors, one model each")
@@ -134,6 +136,8 @@ def run(args: argparse.Namespace) -> int:
         for line in summary.lines():
             print(line)
         print(f"collection: {collection.root} ({collection.count('image')} images)")
+        if not summary.interrupted:
+            calibrate_after_run(collection, args)
         _export_quick_model(collection)
         return 130 if summary.interrupted else 0
     finally:

@@ -12,6 +12,7 @@ import signal
 from types import FrameType
 from typing import Any
 
+from indexer.commands.calibrate import add_calibrate_option, calibrate_after_run
 from indexer.commands.common import add_model_options
 from indexer.config import add_common
 
@@ -36,6 +37,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--drop-missing", action="store_true", help="remove images whose file can no longer be read")
     p.add_argument("--batch-size", type=int, default=16, help="images per model batch (default: %(default)s)")
+    add_calibrate_option(p)
     white = p.add_argument_group("whitening")
     white.add_argument(
         "--learn-whitening",
@@ -133,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
     reopened = Collection.open(args.data_dir, db_url=args.db)  # rebuilds the FAISS indexes for the new model
     try:
         n = reopened.count("image")
+        calibrate_after_run(reopened, args)  # the old model's calibration does not apply to the new one
     finally:
         reopened.close()
     print(

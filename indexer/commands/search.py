@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from indexer.config import add_common
+from retrieval.calibrate import LEVELS
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +22,7 @@ EXAMPLES = """examples:
   imsearch search query.jpg --box 40,30,220,200 --objects   # an object, also inside other photos
   imsearch search query.jpg --aqe 2 --json
   imsearch search query.jpg -k 20 --offset 20              # the second page of 20
+  imsearch search query.jpg --min-match near         # only copies and near duplicates (calibrated)
   imsearch search query.jpg --show results.png       # contact sheet of the query and results
 """
 
@@ -48,6 +50,8 @@ def register(sub: Any) -> None:
     p.add_argument("--offset", type=int, default=0, metavar="N",
                    help="skip the first N results: the next page of the same search starts at N = k, 2k ...")
     p.add_argument("--threshold", type=float, default=None, help="only results scoring at least this (cosine)")
+    p.add_argument("--min-match", choices=LEVELS, default=None,
+                   help="only results of this calibrated match level or stronger (`imsearch calibrate`)")
     p.add_argument("--label", action="append", default=[], help="only images with any of these labels (repeatable)")
     p.add_argument("--all-labels", action="append", default=[], help="only images with all of these labels")
     p.add_argument("--no-label", action="append", default=[], help="no image with this label (repeatable)")
@@ -119,7 +123,8 @@ def _quick(args: argparse.Namespace, query: Path | int) -> Any:
         from retrieval.quick.search import QuickSearch
 
         with QuickSearch.open(args.data_dir, db_url=args.db) as quick:
-            return quick.search(query, k=args.k, offset=args.offset, threshold=args.threshold, flt=_filter(args))
+            return quick.search(query, k=args.k, offset=args.offset, threshold=args.threshold, flt=_filter(args),
+                                min_match=args.min_match)
     except QuickUnavailableError as exc:
         logger.info("fast query path unavailable (%s); using the torch path", exc)
         return None
@@ -165,6 +170,7 @@ def run(args: argparse.Namespace) -> int:
             flt=flt,
             rerank=RerankOptions(aqe_n=args.aqe, dba_n=args.dba),
             objects=args.objects,
+            min_match=args.min_match,
         )
         if args.show:
             from indexer.contact_sheet import contact_sheet
@@ -192,9 +198,10 @@ def _print(args: argparse.Namespace, result: Any) -> None:
         return
     more = f"; next page: --offset {result.next_offset}" if result.next_offset is not None else ""
     print(f"{len(result.hits)} results in {result.took_ms:.0f} ms{more}")
-    print(f"{'rank':>4}  {'score':>6}  {'id':>20}  {'labels':24}  path")
+    print(f"{'rank':>4}  {'score':>6}  {'match':7}  {'id':>20}  {'labels':24}  path")
     for rank, hit in enumerate(result.hits, result.offset + 1):
         labels = ",".join(sorted({lab.label for lab in hit.labels}))[:24]
         extra = f"  [box {', '.join(f'{v:.0f}' for v in hit.box)}]" if hit.box else ""
-        print(f"{rank:>4}  {hit.score:6.3f}  {hit.image_id:>20}  {labels:24}  {hit.path}{extra}")
+        match = hit.match or "-"
+        print(f"{rank:>4}  {hit.score:6.3f}  {match:7}  {hit.image_id:>20}  {labels:24}  {hit.path}{extra}")
     sys.stdout.flush()
