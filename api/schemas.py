@@ -23,6 +23,13 @@ IdOut = Annotated[str, Field(pattern=r"^[0-9]+$", description="a 64-bit id as a 
 Coord = Annotated[float, Field(ge=0.0, le=1_000_000.0)]
 Box = tuple[float, float, float, float]
 BoxIn = tuple[Coord, Coord, Coord, Coord]
+#: calibrated match levels, strongest first (retrieval.calibrate.LEVELS; tested equal)
+MatchLevel = Literal["copy", "near", "similar"]
+MIN_MATCH_DESCRIPTION = (
+    "only results of this calibrated match level or stronger (copy > near > similar): a minimum score applied "
+    "inside the search, so pages stay one ranking; needs a calibrated collection (`imsearch calibrate`) and a "
+    "plain search (no box, objects or re-ranking)"
+)
 
 
 class Schema(BaseModel):
@@ -69,6 +76,7 @@ class SearchOptions(Schema):
     )
     objects: bool = Field(default=False, description="also match detected objects inside indexed images")
     rerank: Rerank = Rerank()
+    min_match: MatchLevel | None = Field(default=None, description=MIN_MATCH_DESCRIPTION)
 
 
 class SearchByIdRequest(SearchOptions):
@@ -97,6 +105,7 @@ class SearchForm(Schema):
     aqe: int = Field(default=0, ge=0, le=50)
     dba: int = Field(default=0, ge=0, le=50)
     alpha: float = Field(default=3.0, ge=0.0, le=50.0)
+    min_match: MatchLevel | None = Field(default=None, description=MIN_MATCH_DESCRIPTION)
 
     model_config = ConfigDict(allow_inf_nan=False, extra="ignore")
 
@@ -123,6 +132,7 @@ class SearchForm(Schema):
             box=parse_box(self.box) if self.box else None,
             objects=self.objects,
             rerank=Rerank(aqe=self.aqe, dba=self.dba, alpha=self.alpha),
+            min_match=self.min_match,
         )
 
 
@@ -183,6 +193,12 @@ class HitPublic(BaseModel):
     region_label: str | None
     thumbnail_url: str
     original_url: str
+    match: MatchLevel | None = Field(
+        default=None,
+        description="the calibrated match level of the score: copy, near (duplicate) or similar; null below "
+        "similar, on an uncalibrated collection, and for scores the calibration did not measure (a box, an "
+        "object match, re-ranking)",
+    )
 
 
 class QueryPublic(BaseModel):
@@ -220,6 +236,10 @@ class DuplicateGroupPublic(BaseModel):
 
 class DuplicatesResponse(BaseModel):
     threshold: float
+    threshold_source: Literal["request", "calibration", "default"] = Field(
+        description="request: the threshold asked for; calibration: the collection's calibrated copy threshold; "
+        "default: 0.95 (the collection is not calibrated: run `imsearch calibrate`)"
+    )
     total_groups: int
     groups: list[DuplicateGroupPublic]
 
@@ -278,6 +298,33 @@ class StatsResponse(BaseModel):
     database: str
     read_only: bool
     running_job: JobPublic | None
+    calibration: dict[str, float | None] | None = Field(
+        default=None, description="calibrated thresholds of the match levels (null: not calibrated)"
+    )
+
+
+class LevelPublic(BaseModel):
+    level: MatchLevel
+    threshold: float | None = Field(description="scores at least this match the level (null: none was found)")
+    precision: float | None = Field(description="on the calibration sample: copies among the pairs above")
+    precision_lower: float | None = Field(description="the conservative (Wilson) bound of that precision")
+    recall: float = Field(description="on the calibration sample: copies scoring above, of all copies")
+    positives_above: int
+    negatives_above: int
+
+
+class CalibrationPublic(BaseModel):
+    model_fingerprint: str
+    created: str
+    levels: list[LevelPublic]
+    photos: int = Field(description="sampled photos whose edited copies were scored")
+    copies_per_photo: int
+    positives: int = Field(description="copy-vs-original scores")
+    negatives: int = Field(description="copy-or-original vs other-photo scores")
+    collection_size: int = Field(description="images in the collection when calibrated")
+    seed: int
+    copy_precision: float
+    near_precision: float
 
 
 class Health(BaseModel):

@@ -1,4 +1,4 @@
-"""Views of the whole collection: health, stats, labels, near-duplicate groups."""
+"""Views of the whole collection: health, stats, labels, near-duplicate groups, calibrated match levels."""
 
 from __future__ import annotations
 
@@ -7,14 +7,17 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 
 from api.deps import EngineDep, JobsDep, ReadAccess, SettingsDep
+from api.errors import ApiError
 from api.openapi import READ_ERRORS, problems
 from api.schemas import (
+    CalibrationPublic,
     DuplicateGroupPublic,
     DuplicatesResponse,
     Health,
     IndexInfo,
     LabelCount,
     LabelsResponse,
+    LevelPublic,
     StatsResponse,
 )
 from api.views import job_public
@@ -49,6 +52,7 @@ def stats(engine: EngineDep, jobs: JobsDep, settings: SettingsDep) -> StatsRespo
         database=st["database"],
         read_only=settings.read_only,
         running_job=job_public(running) if running is not None else None,
+        calibration=st["calibration"],
     )
 
 
@@ -65,12 +69,18 @@ def labels(
 def duplicates(
     request: Request,
     engine: EngineDep,
-    threshold: Annotated[float, Query(gt=0.0, le=1.0, description="pairs scoring at least this are duplicates")] = 0.95,
+    threshold: Annotated[
+        float | None,
+        Query(gt=0.0, le=1.0, description="pairs scoring at least this are duplicates (default: the calibrated "
+              "copy threshold, else 0.95)"),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000, description="largest groups first, at most this many")] = 100,
 ) -> DuplicatesResponse:
-    groups = engine.duplicates(threshold)
+    used, source = (threshold, "request") if threshold is not None else engine.duplicate_threshold()
+    groups = engine.duplicates(used)
     return DuplicatesResponse(
-        threshold=threshold,
+        threshold=used,
+        threshold_source=source,  # type: ignore[arg-type]  # one of the Literal's values
         total_groups=len(groups),
         groups=[
             DuplicateGroupPublic(
@@ -78,4 +88,29 @@ def duplicates(
             )
             for g in groups[:limit]
         ],
+    )
+
+
+@router.get("/calibration", summary="Calibrated match levels", responses=problems(*READ_ERRORS, 404))
+def calibration(engine: EngineDep) -> CalibrationPublic:
+    """The thresholds of the match levels (copy, near, similar) measured for the collection's current
+    model, with their precision and recall on the calibration sample; 404 when not calibrated."""
+    cal = engine.calibration
+    if cal is None:
+        raise ApiError(
+            404, "the collection has no calibration for its current model; run `imsearch calibrate`",
+            kind="not-calibrated", title="Collection not calibrated",
+        )
+    return CalibrationPublic(
+        model_fingerprint=cal.model_fingerprint,
+        created=cal.created,
+        levels=[LevelPublic(**vars(lv)) for lv in cal.levels],
+        photos=cal.photos,
+        copies_per_photo=cal.copies_per_photo,
+        positives=cal.positives,
+        negatives=cal.negatives,
+        collection_size=cal.collection_size,
+        seed=cal.seed,
+        copy_precision=cal.copy_precision,
+        near_precision=cal.near_precision,
     )

@@ -1,4 +1,8 @@
-"""Search by an uploaded image (multipart) or by an indexed image id (JSON)."""
+"""Search by an uploaded image (multipart) or by an indexed image id (JSON).
+
+Hits carry the calibrated ``match`` level; ``min_match`` keeps that level and stronger (a
+422 ``not-calibrated`` problem when the collection has no calibration for its model).
+"""
 
 from __future__ import annotations
 
@@ -12,9 +16,10 @@ from api.deps import EngineDep, ModelDep, ReadAccess, SettingsDep
 from api.errors import ApiError
 from api.ingest import check_image
 from api.openapi import READ_ERRORS, problems
-from api.schemas import SearchByIdRequest, SearchForm, SearchOptions, SearchResponse
+from api.schemas import HitPublic, SearchByIdRequest, SearchForm, SearchOptions, SearchResponse
 from api.settings import Settings
 from api.views import search_response
+from retrieval.calibrate import NotCalibratedError
 from retrieval.errors import ImageDecodeError
 from retrieval.filters import SearchFilter
 from retrieval.rerank import RerankOptions
@@ -65,11 +70,24 @@ def run_search(
     rerank = RerankOptions(aqe_n=opts.rerank.aqe, dba_n=opts.rerank.dba, alpha=opts.rerank.alpha)
     search = functools.partial(
         engine.search, query, k=opts.k, offset=opts.offset, threshold=opts.threshold, flt=flt, rerank=rerank,
-        objects=opts.objects, exclude_query=exclude_query,
+        objects=opts.objects, exclude_query=exclude_query, min_match=opts.min_match,
     )
+    if opts.min_match is not None:  # refused before the model runs
+        try:
+            engine.min_match_score(opts.min_match)
+        except NotCalibratedError as exc:
+            raise ApiError(422, str(exc), kind="not-calibrated", title="Collection not calibrated") from None
     if query.image is not None or query.box is not None:
         return model.run(search)
     return search()
+
+
+def with_match(response: SearchResponse, result: SearchResult) -> SearchResponse:
+    """The hits' calibrated match levels (``search_response`` builds the hits in the result's order)."""
+    hits: list[HitPublic] = response.hits
+    for public, hit in zip(hits, result.hits, strict=True):
+        public.match = hit.match  # type: ignore[assignment]  # a level of retrieval.calibrate.LEVELS
+    return response
 
 
 @router.post(
@@ -100,7 +118,7 @@ def search_by_image(
         result = run_search(engine, model, settings, Query(image=data, box=opts.box), opts, exclude_query=False)
     except ImageDecodeError as exc:  # name the upload, not "query image"
         raise ImageDecodeError(name, exc.reason) from None
-    return search_response(request, result, k=opts.k, image_id=None)
+    return with_match(search_response(request, result, k=opts.k, image_id=None), result)
 
 
 @router.post("/id", summary="Search with an indexed image", responses=problems(*READ_ERRORS, 404, 409))
@@ -110,4 +128,4 @@ def search_by_id(
     """The most similar images to an indexed one (or to a box on it), the same options as a JSON body."""
     query = Query(image_id=body.image_id, box=body.box)
     result = run_search(engine, model, settings, query, body, exclude_query=body.exclude_query)
-    return search_response(request, result, k=body.k, image_id=body.image_id)
+    return with_match(search_response(request, result, k=body.k, image_id=body.image_id), result)

@@ -61,18 +61,22 @@ export function card({ id, path, thumbnail, lines, labels, title, onClick }) {
   return node;
 }
 
+// The calibrated match levels as shown on a card (the API's ``match``).
+const MATCH_TEXT = { copy: "copy", near: "near duplicate", similar: "similar" };
+
 // Search hits as cards (appended to ``grid``); ``onPick(hit)`` when one is chosen.
 export function renderHits(grid, hits, onPick, hint) {
   for (const hit of hits) {
     const seen = [...new Set(hit.labels.map((x) => x.label))];
-    const score = hit.score.toFixed(3) + (hit.region_label ? " · object: " + hit.region_label : "");
+    const level = hit.match ? " · " + (MATCH_TEXT[hit.match] || hit.match) : "";
+    const score = hit.score.toFixed(3) + level + (hit.region_label ? " · object: " + hit.region_label : "");
     grid.append(
       card({
         id: hit.image_id,
         path: hit.path,
         thumbnail: hit.thumbnail_url,
         lines: [
-          { className: "score", text: score },
+          { className: "score" + (hit.match ? " match-" + hit.match : ""), text: score },
           { className: "name", text: baseName(hit.path) || "uploaded" },
         ],
         labels: seen,

@@ -1,11 +1,14 @@
 // Duplicates review: groups of near-duplicate photos side by side with their sizes; keep one
 // (delete the others) or delete one; a similarity threshold slider. Deleting needs the key.
+// Until the slider is moved, the server picks the threshold: the collection's calibrated "copy"
+// threshold when it has one (else its default), and the slider is set to it.
 
 import { api, call, query, setImage } from "./api.js";
 import { $, baseName, el, formatBytes, setStatus } from "./dom.js";
 
 let seq = 0;
 let changed = () => {};
+let touched = false; // the slider was moved: its value is the threshold
 
 function busy(flag) {
   document.body.dataset.duplicates = flag ? "loading" : "ready";
@@ -82,20 +85,32 @@ async function renderGroup(group) {
   );
 }
 
+// The slider at the server's threshold (its range widened when the threshold is below it).
+function follow(data) {
+  const slider = $("dup-threshold");
+  if (data.threshold < Number(slider.min)) slider.min = String(Math.floor(data.threshold * 100) / 100);
+  slider.value = String(data.threshold);
+  $("dup-threshold-out").textContent = data.threshold.toFixed(2);
+}
+
 export async function load() {
   const mine = ++seq;
-  const threshold = Number($("dup-threshold").value);
+  const asked = touched ? Number($("dup-threshold").value) : null;
   busy(true);
   setStatus($("dup-status"), "Looking for near-duplicates…");
   try {
-    const data = await api("/duplicates" + query({ threshold: threshold, limit: 50 }));
+    const data = await api("/duplicates" + query({ threshold: asked, limit: 50 }));
     const groups = await Promise.all(data.groups.map(renderGroup));
     if (mine !== seq) return;
+    if (!touched) follow(data);
     $("dup-groups").replaceChildren(...groups);
+    const at = data.threshold_source === "calibration"
+      ? data.threshold.toFixed(3) + " (the calibrated copy threshold)"
+      : data.threshold.toFixed(2);
     const more = data.total_groups > data.groups.length ? " (the largest " + data.groups.length + " shown)" : "";
     const text = data.total_groups
-      ? data.total_groups + (data.total_groups === 1 ? " group" : " groups") + " of near-duplicates at similarity ≥ " + threshold.toFixed(2) + more
-      : "No near-duplicates at similarity ≥ " + threshold.toFixed(2);
+      ? data.total_groups + (data.total_groups === 1 ? " group" : " groups") + " of near-duplicates at similarity ≥ " + at + more
+      : "No near-duplicates at similarity ≥ " + at;
     setStatus($("dup-status"), text);
   } catch (err) {
     if (mine === seq) setStatus($("dup-status"), "Could not look for duplicates: " + err.message, true);
@@ -108,7 +123,10 @@ export function setup(onChange) {
   changed = onChange;
   const slider = $("dup-threshold");
   slider.addEventListener("input", () => ($("dup-threshold-out").textContent = Number(slider.value).toFixed(2)));
-  slider.addEventListener("change", () => load());
+  slider.addEventListener("change", () => {
+    touched = true;
+    load();
+  });
 }
 
 export function show() {
