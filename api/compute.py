@@ -34,6 +34,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from retrieval.ingest.child import START_METHOD, YieldTo
 from retrieval.runtime import trim_memory, tune_malloc
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,9 @@ class ForegroundGate:
     most ``max_wait_s`` in a row; after a wait that long it runs ``min_run_s`` without pausing,
     so under a constant stream of searches the job still gets at least
     ``min_run_s / (max_wait_s + min_run_s)`` of the time. ``max_wait_s`` 0 turns pausing off.
+
+    An index job in a child process follows the same rule through :meth:`for_child`: the count
+    of work in flight is mirrored into shared memory, which the child reads before each layer.
     """
 
     def __init__(self, max_wait_s: float = 1.0, min_run_s: float = 0.25) -> None:
@@ -57,6 +61,7 @@ class ForegroundGate:
         self.min_run_s = min_run_s
         self._cond = threading.Condition()
         self._busy = 0
+        self._shared: Any = None  # a multiprocessing RawValue(c_int), made by for_child
         self._free_until = 0.0
         #: seconds the background work spent waiting, and how many waits
         self.waited_s = 0.0
@@ -69,12 +74,28 @@ class ForegroundGate:
     def enter(self) -> None:
         with self._cond:
             self._busy += 1
+            if self._shared is not None:
+                self._shared.value = self._busy
 
     def leave(self) -> None:
         with self._cond:
             self._busy -= 1
+            if self._shared is not None:
+                self._shared.value = self._busy
             if self._busy == 0:
                 self._cond.notify_all()
+
+    def for_child(self) -> YieldTo | None:
+        """This gate for a child process (:class:`~retrieval.ingest.child.YieldTo`); None when pausing is off."""
+        if self.max_wait_s <= 0:
+            return None
+        with self._cond:
+            if self._shared is None:
+                import ctypes
+                import multiprocessing
+
+                self._shared = multiprocessing.get_context(START_METHOD).RawValue(ctypes.c_int, self._busy)
+            return YieldTo(self._shared, self.max_wait_s, self.min_run_s)
 
     def pause_point(self) -> None:
         """Wait while foreground work is in flight (see the class); returns at once otherwise."""

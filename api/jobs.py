@@ -1,9 +1,10 @@
 """The API's index jobs: :class:`retrieval.ingest.jobs.JobRunner` with the server's settings.
 
 Jobs describe images through the one map step with the server's annotators, thresholds and
-limits (``max_upload_bytes``, ``max_pixels``), at a lower CPU priority (``job_nice``), with
-their own smaller OpenMP team (``job_threads``) and their network pausing before each layer
-while a search runs (``job_yield_max_ms``: see :class:`api.compute.ForegroundGate`).
+limits (``max_upload_bytes``, ``max_pixels``), in a child process per job (``job_isolation``:
+the job's memory is not the server's) or a thread of the server, at a lower CPU priority
+(``job_nice``), with their own smaller OpenMP team (``job_threads``) and their network pausing
+before each layer while a search runs (``job_yield_max_ms``: see :class:`api.compute.ForegroundGate`).
 """
 
 from __future__ import annotations
@@ -30,14 +31,18 @@ class JobRunner(_JobRunner):
 
     def __init__(self, engine: SearchEngine, settings: Settings, gate: ForegroundGate | None = None) -> None:
         batch = settings.job_batch_size
+        in_thread = settings.job_isolation == "thread"
         super().__init__(
             engine.collection,
             ingest_settings(settings, batch_size=batch, workers=settings.job_workers, buffer_images=2 * batch),
+            isolation=settings.job_isolation,
             threads=job_threads(settings.job_threads),
             nice=settings.job_nice,
-            pause=gate.pause_point if gate is not None and gate.max_wait_s > 0 else None,
+            pause=gate.pause_point if gate is not None and gate.max_wait_s > 0 and in_thread else None,
+            yield_to=gate.for_child() if gate is not None and not in_thread else None,
+            malloc_arena_max=settings.malloc_arena_max,
             save_every_s=settings.save_every_s,
-            after_job=(lambda: _log_pauses(gate)) if gate is not None else None,
+            after_job=(lambda: _log_pauses(gate)) if gate is not None and in_thread else None,
         )
 
     def start(self, root: Path, *, detect: bool, segment: bool, prune: bool) -> JobRecord:

@@ -77,6 +77,11 @@ class Settings(BaseSettings):
     model_dir: Path | None = Field(default=None, description="folder of the detector/segmenter model files")
     region_min_score: float = Field(default=0.5, ge=0.0, le=1.0, description="detections this sure get regions")
     save_every_s: float = Field(default=30.0, ge=0.0, description="save the index this often after writes")
+    job_isolation: Literal["process", "thread"] = Field(
+        default="process", description="where index jobs describe images: process = a child process per job (its "
+        "model, decode buffers and activations stay out of the server's memory and go back to the system when "
+        "the job ends; ~3 s to start it), thread = a thread of the server (shares the server's model)"
+    )
     job_batch_size: int = Field(default=8, ge=1, description="images per model batch in index jobs")
     job_workers: int = Field(default=1, ge=1, description="decode threads of an index job")
     job_nice: int = Field(default=10, ge=0, le=19, description="CPU niceness of index jobs, so searches stay fast")

@@ -1,9 +1,14 @@
 """Bulk index jobs run in the background by a long-lived process (the one writer of its collection).
 
 One job at a time runs :class:`~retrieval.ingest.local.LocalIngest` over a folder in a
-background thread, at a lower CPU priority (``nice``), with its own OpenMP team
-(``threads``), and its network pausing before each layer when ``pause`` says so (the API's
-:class:`api.compute.ForegroundGate` keeps searches responsive). Its progress is copied into
+background thread. Where the images are described is ``isolation``: ``"process"`` (a child
+process per job, :class:`~retrieval.ingest.child.ChildDescriber`: the job's model, decode
+buffers and activations never count in this process's memory, and go back to the system when
+the job ends) or ``"thread"`` (the job thread itself, sharing this process's model). Either
+way the describing runs at a lower CPU priority (``nice``), with its own OpenMP team
+(``threads``), its network pausing before each layer while searches run (``pause`` in a
+thread, ``yield_to`` in a child: the API's :class:`api.compute.ForegroundGate`), and the
+scanning, planning and writing stay in this process: still exactly one writer. Its progress is copied into
 the catalog's ``jobs`` table every half second, so any reader sees it; :meth:`JobRunner.cancel`
 stops it after the work in flight is written. Jobs an earlier process left running are marked
 failed by :meth:`JobRunner.recover`: starting them again continues where they stopped (the
@@ -13,15 +18,15 @@ pipeline skips what is already indexed).
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from retrieval.collection import Collection
+from retrieval.collection import Collection, model_path
 from retrieval.errors import CatalogError, ImsearchError, NotFoundError
+from retrieval.ingest.child import ChildDescriber, ChildOptions, Isolation, YieldTo, log_levels, lower_priority
 from retrieval.ingest.describe import Describer
 from retrieval.ingest.local import LocalIngest
 from retrieval.ingest.settings import IngestSettings
@@ -51,27 +56,26 @@ class _Active:
     job_id: str
     thread: threading.Thread | None = None
     ingest: LocalIngest | None = None
+    child: ChildDescriber | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
 
-
-def lower_priority(nice: int) -> None:
-    """Lower this thread's CPU priority (Linux: threads it starts inherit it)."""
-    if nice <= 0 or not hasattr(os, "setpriority"):
-        return
-    try:
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
-    except OSError as exc:
-        logger.info("could not lower the index job's priority: %s", exc)
+    def stop(self) -> None:
+        self.cancelled.set()
+        if self.ingest is not None:
+            self.ingest.stop()
+        if self.child is not None:
+            self.child.stop()  # what the child has not sent yet is described again by the next run
 
 
 class JobRunner:
     """Index jobs over one writable collection, one at a time.
 
     ``settings``: the map step's settings of every job (a job may turn detection and
-    segmentation on or off); ``threads``: the job thread's torch threads (None: unchanged);
-    ``nice``: how much lower its CPU priority is; ``pause``: called before each layer;
-    ``after_job``: called in the job thread when a job ended, whichever way.
+    segmentation on or off); ``isolation``: describe in a child process or in the job thread
+    (see the module docstring); ``threads``: the describing torch threads (None: unchanged);
+    ``nice``: how much lower its CPU priority is; ``pause`` (thread) / ``yield_to`` (process):
+    how its network waits for searches before each layer; ``malloc_arena_max``: the child's
+    glibc arenas; ``after_job``: called in the job thread when a job ended, whichever way.
     """
 
     def __init__(
@@ -79,17 +83,25 @@ class JobRunner:
         collection: Collection,
         settings: IngestSettings,
         *,
+        isolation: Isolation,
         threads: int | None = None,
         nice: int = 0,
         pause: Callable[[], None] | None = None,
+        yield_to: YieldTo | None = None,
+        malloc_arena_max: int = 0,
         save_every_s: float = 30.0,
         after_job: Callable[[], None] | None = None,
     ) -> None:
+        if isolation not in ("process", "thread"):
+            raise ImsearchError(f"isolation must be 'process' or 'thread', got {isolation!r}")
         self.collection = collection
         self.settings = settings
+        self.isolation = isolation
         self.threads = threads
         self.nice = nice
         self.pause = pause
+        self.yield_to = yield_to
+        self.malloc_arena_max = malloc_arena_max
         self.save_every_s = save_every_s
         self.after_job = after_job
         self._lock = threading.Lock()
@@ -111,6 +123,12 @@ class JobRunner:
     def running(self) -> JobRecord | None:
         active = self._active
         return self.get(active.job_id) if active is not None else None
+
+    def child_pid(self) -> int | None:
+        """Process id of the running job's describing process (None: no job, or ``isolation="thread"``)."""
+        active = self._active
+        child = active.child if active is not None else None
+        return child.pid if child is not None else None
 
     def recover(self) -> None:
         """Mark jobs an earlier process left unfinished as failed."""
@@ -150,9 +168,7 @@ class JobRunner:
         if active is None or active.job_id != job_id or record.status in FINISHED:
             raise JobConflictError(f"job {job_id} already finished ({record.status})", kind="job-finished",
                                    job_id=job_id)
-        active.cancelled.set()
-        if active.ingest is not None:
-            active.ingest.stop()
+        active.stop()
         return self._update(job_id, message="cancelling: writing the work in flight")
 
     def wait(self, timeout: float | None = None) -> None:
@@ -166,15 +182,19 @@ class JobRunner:
         if active is None:
             return
         logger.warning("stopping index job %s: the process is shutting down", active.job_id)
-        active.cancelled.set()
-        if active.ingest is not None:
-            active.ingest.stop()
+        active.stop()
         self.wait(timeout)
 
     # ------------------------------------------------------------------ the job thread
-    def _make_ingest(self, params: dict[str, Any]) -> LocalIngest:
+    def _make_ingest(self, active: _Active, params: dict[str, Any]) -> LocalIngest:
         settings = self.settings.with_(detect=bool(params["detect"]), segment=bool(params["segment"]))
-        describer = Describer(settings, model=self.collection.model, pause=self.pause)
+        describer: Describer
+        if self.isolation == "process":
+            active.child = self._child(settings)
+            # LocalIngest uses settings, iter_describe and extractor.stats of its describer: the child offers them
+            describer = cast(Describer, active.child)
+        else:
+            describer = Describer(settings, model=self.collection.model, pause=self.pause)
         options = IndexOptions(
             prune=bool(params["prune"]),
             save_every_s=self.save_every_s,
@@ -183,9 +203,23 @@ class JobRunner:
         )
         return LocalIngest(self.collection, describer, options)
 
+    def _child(self, settings: IngestSettings) -> ChildDescriber:
+        model = self.collection.model
+        path = model_path(self.collection.root, model.fingerprint)
+        if not path.is_file():  # written when the collection registered its model; restored if deleted
+            model.save(path)
+        options = ChildOptions(
+            threads=self.threads,
+            nice=self.nice,
+            yield_to=self.yield_to,
+            malloc_arena_max=self.malloc_arena_max,
+            log_levels=log_levels(),
+        )
+        return ChildDescriber(settings.with_(model=str(path)), fingerprint=model.fingerprint, options=options)
+
     def _run(self, active: _Active, params: dict[str, Any]) -> None:
-        lower_priority(self.nice)
-        if self.threads is not None:
+        lower_priority(self.nice)  # the job thread (reading and hashing files; in a thread, also the model)
+        if self.threads is not None and self.isolation == "thread":
             import torch
 
             torch.set_num_threads(self.threads)  # this thread's OpenMP team only
@@ -195,10 +229,10 @@ class JobRunner:
         status, message = "failed", "the job did not start"
         try:
             self._update(job_id, status="running", message="scanning")
-            ingest = self._make_ingest(params)
+            ingest = self._make_ingest(active, params)
             active.ingest = ingest
             if active.cancelled.is_set():
-                ingest.stop()
+                active.stop()
             monitor = threading.Thread(target=self._monitor, args=(active, stop_monitor), daemon=True)
             monitor.start()
             summary = ingest.run([params["path"]])
@@ -223,6 +257,7 @@ class JobRunner:
             with self._lock:
                 self._active = None
             active.ingest = None
+            active.child = None
             trim_memory()  # the job's buffers go back to the OS
             if self.after_job is not None:
                 self.after_job()

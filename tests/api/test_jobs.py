@@ -1,14 +1,18 @@
-"""Bulk index jobs through the API: start, progress, finish, re-run, one at a time, cancel and resume."""
+"""Bulk index jobs through the API: start, progress, finish, re-run, one at a time, cancel and resume;
+the job's describing child process: same results as a thread, pauses for searches, cancel, killed."""
 
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -122,3 +126,114 @@ def test_job_errors(env: Env) -> None:
     assert c.get("/api/v1/jobs/not-a-job", headers=AUTH).status_code == 404
     assert c.post("/api/v1/jobs/not-a-job/cancel", headers=AUTH).status_code == 404
     assert c.get("/api/v1/jobs", headers=AUTH, params={"limit": 0}).status_code == 422
+
+
+# ---------------------------------------------------------------------------- the job's child process
+
+
+def vectors(client: TestClient, space: str) -> dict[int, np.ndarray]:
+    collection = client.app_state["services"].engine.collection
+    ids = collection.index_ids(space)
+    return dict(zip(ids.tolist(), collection.reconstruct(space, ids), strict=True))
+
+
+def test_child_process_describes_as_the_server_thread(
+    layout: Layout, small_model: Any, tmp_path: Path
+) -> None:
+    """The same photos, ids, regions and descriptors whether a job describes in a child or a thread."""
+    got: dict[str, tuple[dict[str, Any], dict[int, np.ndarray], dict[int, np.ndarray]]] = {}
+    for isolation in ("process", "thread"):
+        data_dir = tmp_path / isolation
+        Collection.open(data_dir, model=small_model).close()
+        settings = make_settings(data_dir, None, layout, job_isolation=isolation)
+        with running(settings) as client:
+            env = Env(client, settings, layout)
+            job = env.wait(env.start(layout.incoming, detect=True)["id"])
+            assert job["status"] == "succeeded", job
+            got[isolation] = (job, vectors(client, "image"), vectors(client, "region"))
+    (child_job, child_images, child_regions), (thread_job, thread_images, thread_regions) = got.values()
+    assert (child_job["done"], child_job["failed"]) == (thread_job["done"], thread_job["failed"]) == (4, 2)
+    photos = sorted(layout.incoming.glob("*_image_*.jpg")) + sorted((layout.incoming / "sub").glob("*.jpg"))
+    assert set(child_images) == set(thread_images) == {int(key_of(p)) for p in photos}
+    assert set(child_regions) == set(thread_regions) and child_regions  # the detector ran in the child
+    for mine, theirs in ((child_images, thread_images), (child_regions, thread_regions)):
+        for key, vec in mine.items():
+            ref = theirs[key].astype(np.float64)
+            cosine = float(vec.astype(np.float64) @ ref / (np.linalg.norm(vec) * np.linalg.norm(ref)))
+            assert cosine >= 0.9999, (key, cosine)
+
+
+@pytest.fixture(scope="module")
+def child_env(layout: Layout, small_model: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    """A fresh collection; jobs in a child process at nice +5 that waits up to 60 s for searches."""
+    data_dir = tmp_path_factory.mktemp("api-jobs-child")
+    Collection.open(data_dir, model=small_model).close()
+    settings = make_settings(data_dir, None, layout, job_isolation="process", job_nice=5, job_yield_max_ms=60_000)
+    with running(settings) as client:
+        yield Env(client, settings, layout)
+
+
+def child_of(env: Env, timeout: float = 120.0) -> int:
+    """The running job's describing process, once it exists."""
+    jobs = env.client.app_state["services"].jobs
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pid = jobs.child_pid()
+        if pid is not None:
+            return int(pid)
+        time.sleep(0.02)
+    raise AssertionError("the job's describing process did not start")
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_child_pauses_for_searches_and_cancel_stops_it(child_env: Env) -> None:
+    env = child_env
+    gate = env.client.app_state["services"].model.gate
+    before = env.images()
+    gate.enter()  # a search in flight, as far as the job can tell
+    try:
+        job = env.start(env.layout.bulk)
+        pid = child_of(env)
+        assert os.getpriority(os.PRIO_PROCESS, pid) >= os.getpriority(os.PRIO_PROCESS, 0) + 5
+        time.sleep(1.5)
+        assert env.job(job["id"])["done"] == 0  # its network waits at its first layer
+        assert env.client.post(f"/api/v1/jobs/{job['id']}/cancel", headers=AUTH).status_code == 202
+        stopped = env.wait(job["id"], timeout=30)
+    finally:
+        gate.leave()
+    assert stopped["status"] == "cancelled", stopped
+    assert gone(pid) and env.client.app_state["services"].jobs.child_pid() is None
+    assert env.images() == before + stopped["done"]
+
+
+def test_killed_child_fails_the_job_and_a_rerun_finishes(child_env: Env) -> None:
+    env = child_env
+    before = env.images()
+    job = env.start(env.layout.bulk)
+    pid = child_of(env)
+    deadline = time.monotonic() + 120
+    while env.job(job["id"])["done"] < 8 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    failed = env.wait(job["id"])
+    assert failed["status"] == "failed", failed
+    assert f"describing process (pid {pid}) was killed by signal SIGKILL" in failed["message"]
+    assert "start the job again" in failed["message"]
+    assert 8 <= failed["done"] < BULK_COUNT
+    assert env.images() == before + failed["done"]  # what it described before it died is written
+
+    again = env.wait(env.start(env.layout.bulk)["id"])
+    assert again["status"] == "succeeded", again
+    assert again["total"] == BULK_COUNT and again["skipped"] + again["done"] == BULK_COUNT
+    assert env.images() == before + failed["done"] + again["done"]  # nothing lost, nothing twice
+    collection = env.client.app_state["services"].engine.collection
+    assert collection.count("image") == env.images()
+    for path in sorted(env.layout.bulk.iterdir()):
+        assert env.client.get(f"/api/v1/images/{key_of(path)}").status_code == 200, path
