@@ -39,9 +39,12 @@ def run(args: argparse.Namespace) -> int:
     engine = open_engine(args)
     try:
         threshold, source = (args.threshold, "given") if args.threshold is not None else engine.duplicate_threshold()
-        if source == "default":
+        if source == "default" and engine.calibration is None:
             logger.info("the collection is not calibrated for its model: grouping at similarity >= %s; run "
                         "`imsearch calibrate` to group by its measured copy threshold", threshold)
+        elif source == "default":
+            logger.info("the calibration found no copy threshold (too few copies scored high enough): grouping at "
+                        "similarity >= %s; run `imsearch calibrate --sample N` with a larger N", threshold)
         groups = engine.duplicates(threshold)
     finally:
         engine.close()
