@@ -5,6 +5,8 @@ limits (``max_upload_bytes``, ``max_pixels``), in a child process per job (``job
 the job's memory is not the server's) or a thread of the server, at a lower CPU priority
 (``job_nice``), with their own smaller OpenMP team (``job_threads``) and their network pausing
 before each layer while a search runs (``job_yield_max_ms``: see :class:`api.compute.ForegroundGate`).
+A job commits every ``2 * job_batch_size`` images and reads at most twice that many files ahead
+of the describing (their bytes are what a job holds in the server's memory).
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from retrieval.search import SearchEngine
 from retrieval.store.catalog import JobRecord
 
 __all__ = ["FINISHED", "JobRunner"]
+
+#: a job's catalog commits, in model batches (the server holds the bytes of twice as many files)
+COMMIT_BATCHES = 2
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +46,7 @@ class JobRunner(_JobRunner):
             pause=gate.pause_point if gate is not None and gate.max_wait_s > 0 and in_thread else None,
             yield_to=gate.for_child() if gate is not None and not in_thread else None,
             malloc_arena_max=settings.malloc_arena_max,
+            commit_every=COMMIT_BATCHES * batch,
             save_every_s=settings.save_every_s,
             after_job=(lambda: _log_pauses(gate)) if gate is not None and in_thread else None,
         )

@@ -75,7 +75,9 @@ class JobRunner:
     (see the module docstring); ``threads``: the describing torch threads (None: unchanged);
     ``nice``: how much lower its CPU priority is; ``pause`` (thread) / ``yield_to`` (process):
     how its network waits for searches before each layer; ``malloc_arena_max``: the child's
-    glibc arenas; ``after_job``: called in the job thread when a job ended, whichever way.
+    glibc arenas; ``commit_every``: images per catalog commit (the files read ahead of the
+    describing, whose bytes wait in this process, are at most twice as many); ``after_job``:
+    called in the job thread when a job ended, whichever way.
     """
 
     def __init__(
@@ -89,6 +91,7 @@ class JobRunner:
         pause: Callable[[], None] | None = None,
         yield_to: YieldTo | None = None,
         malloc_arena_max: int = 0,
+        commit_every: int = IndexOptions.commit_every,
         save_every_s: float = 30.0,
         after_job: Callable[[], None] | None = None,
     ) -> None:
@@ -102,6 +105,7 @@ class JobRunner:
         self.pause = pause
         self.yield_to = yield_to
         self.malloc_arena_max = malloc_arena_max
+        self.commit_every = commit_every
         self.save_every_s = save_every_s
         self.after_job = after_job
         self._lock = threading.Lock()
@@ -197,6 +201,7 @@ class JobRunner:
             describer = Describer(settings, model=self.collection.model, pause=self.pause)
         options = IndexOptions(
             prune=bool(params["prune"]),
+            commit_every=self.commit_every,
             save_every_s=self.save_every_s,
             progress=False,  # periodic log lines (a server's stderr is a log)
             report_dir=self.collection.root / "reports",

@@ -6,9 +6,10 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +162,49 @@ def test_child_process_describes_as_the_server_thread(
             ref = theirs[key].astype(np.float64)
             cosine = float(vec.astype(np.float64) @ ref / (np.linalg.norm(vec) * np.linalg.norm(ref)))
             assert cosine >= 0.9999, (key, cosine)
+
+
+def test_the_gate_in_shared_memory_follows_the_gate_rule() -> None:
+    """What a child reads (:class:`SharedPause`) waits like the server's gate: while searches run,
+    at most ``max_wait_s`` in a row, then ``min_run_s`` without pausing."""
+    from api.compute import ForegroundGate
+    from retrieval.ingest.child import SharedPause
+
+    assert ForegroundGate(max_wait_s=0.0).for_child() is None  # pausing turned off
+    gate = ForegroundGate(max_wait_s=30.0, min_run_s=0.25)
+    spec = gate.for_child()
+    again = gate.for_child()
+    assert spec is not None and again is not None and spec.busy is again.busy  # one shared count
+    pause = SharedPause(spec)
+    pause.pause_point()
+    assert pause.pauses == 0  # nothing in flight
+    gate.enter()
+    assert spec.busy.value == 1
+    resumed = threading.Event()
+
+    def background() -> None:
+        pause.pause_point()
+        resumed.set()
+
+    job = threading.Thread(target=background)
+    job.start()
+    assert not resumed.wait(0.3)  # waits while the search is in flight ...
+    gate.leave()
+    assert resumed.wait(10) and spec.busy.value == 0  # ... and goes on when it ends
+    job.join()
+    assert pause.pauses == 1 and pause.waited_s >= 0.3
+
+    capped = SharedPause(replace(spec, max_wait_s=0.1, min_run_s=30.0))
+    gate.enter()  # a search that never ends
+    try:
+        start = time.monotonic()
+        capped.pause_point()
+        assert time.monotonic() - start >= 0.1  # waited its maximum, then went on
+        for _ in range(100):
+            capped.pause_point()  # and runs min_run_s without pausing
+        assert capped.pauses == 1
+    finally:
+        gate.leave()
 
 
 @pytest.fixture(scope="module")
