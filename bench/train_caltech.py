@@ -193,10 +193,13 @@ def main() -> None:
     config = resolve_config(None, overrides)
     result = Trainer(config, data).fit()
     times["training"] = time.perf_counter() - t0
+    nan = float("nan")
     for h in result.history:
         loss, val = h["loss"], h.get("val_map")
-        print(f"  epoch {h['epoch']:2d}  loss {loss if loss is not None else float('nan'):.4f}  "
-              f"val mAP {val if val is not None else float('nan'):.4f}  ({h['seconds']:.0f} s)")
+        print(f"  epoch {h['epoch']:2d}  loss {loss if loss is not None else nan:.4f}  "
+              f"val mAP {val if val is not None else nan:.4f}  "
+              f"val copies R@1 {h.get('val_copy_r1', nan):.4f} μAP {h.get('val_copy_uap', nan):.4f}  "
+              f"({h['seconds']:.0f} s)")
 
     t0 = time.perf_counter()
     raw = evaluate(raw_weights(result.out), eval_paths, eval_labels, args.batch)

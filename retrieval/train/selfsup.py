@@ -115,3 +115,20 @@ def selfsup_tuples(
     if len(tuples) < anchors.size:
         logger.warning("%d anchors got no negative from the pool (raise pool_size)", anchors.size - len(tuples))
     return tuples
+
+
+def distinct_photo_rows(batch: Sequence[TrainTuple], groups: np.ndarray) -> list[int]:
+    """Rows (in the batch's images: query, positive, negatives of each tuple in turn) of the queries
+    and negatives, only the first of each distinct content (group): the photos a uniformity
+    regularizer may push apart (never a photo from its own copy or twin)."""
+    rows: list[int] = []
+    seen: set[int] = set()
+    start = 0
+    for t in batch:
+        for offset, image in [(0, t.query)] + [(2 + k, n) for k, n in enumerate(t.negatives)]:
+            group = int(groups[image])
+            if group not in seen:
+                seen.add(group)
+                rows.append(start + offset)
+        start += len(t.images)
+    return rows

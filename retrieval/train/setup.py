@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +29,38 @@ from retrieval.models.descriptor import DescriptorModel
 from retrieval.models.extract import ExtractItem, Extractor
 from retrieval.models.whitening import WhiteningParams, learn_lw_whitening
 from retrieval.train.config import TrainConfig
-from retrieval.train.data import TrainingData
+from retrieval.train.data import TrainingData, load_training_data, split_by_group
+from retrieval.train.photos import photo_data, split_by_photo
 
 logger = logging.getLogger(__name__)
+
+
+def prepare_data(
+    config: TrainConfig, data: TrainingData | None = None
+) -> tuple[TrainConfig, TrainingData, TrainingData | None]:
+    """The run's data (read from ``config.data`` unless given) split for validation, and the config
+    with what the data decided filled in: ``self_supervised`` and the ``whiten_method`` of ``auto``.
+
+    Self-supervised data holds out photos (:func:`split_by_photo`); grouped data, whole groups.
+    """
+    if data is None:
+        data = load_training_data(
+            config.data, csv_format=config.csv_format, path_column=config.path_column,
+            group_column=config.group_column, anchor_column=config.anchor_column,
+            positive_column=config.positive_column, negative_column=config.negative_column,
+            self_supervised=config.self_supervised,
+        )
+    if config.self_supervised and not data.self_supervised:
+        data = photo_data(data.paths, data.source)  # asked for: the groups are not used
+    config = replace(config, self_supervised=data.self_supervised)
+    config = replace(config, whiten_method=config.resolved_whiten_method).validate()
+    if config.self_supervised:
+        train, val = split_by_photo(data, config.val_fraction, seed=config.seed)
+    else:
+        train, val = split_by_group(data, config.val_fraction, min_val_groups=config.min_val_groups, seed=config.seed)
+    if len(train.members()) < 2:
+        raise TrainingError("training needs at least 2 groups (negatives come from other groups)")
+    return config, train, val
 
 
 def build_model(config: TrainConfig) -> DescriptorModel:

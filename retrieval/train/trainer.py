@@ -36,7 +36,7 @@ import math
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,7 +44,6 @@ import numpy as np
 import torch
 
 from retrieval.errors import TrainingError
-from retrieval.evaluate import evaluate_descriptors
 from retrieval.models.descriptor import DescriptorModel
 from retrieval.models.extract import resolve_device, resolve_precision
 from retrieval.progress import Progress
@@ -52,14 +51,13 @@ from retrieval.train import setup
 from retrieval.train.checkpoint import TrainState, load_checkpoint, save_checkpoint, set_rng_state, state_from_payload
 from retrieval.train.config import RESUMABLE_KEYS, TrainConfig, config_from_dict, differing_keys, resolve_config
 from retrieval.train.config import write_config as write_config_file
-from retrieval.train.data import TrainingData, load_training_data, split_by_group
+from retrieval.train.data import TrainingData
 from retrieval.train.images import PROGRESS_MIN_ITEMS, Augmenter, ImageCache
 from retrieval.train.losses import get_loss, koleo_loss
 from retrieval.train.mining import TrainTuple, describe_arrays, mined_tuples, triplet_tuples
-from retrieval.train.photos import photo_data, split_by_photo
 from retrieval.train.plot import plot_history
-from retrieval.train.selfsup import View, epoch_edit_seed, render_view, selfsup_tuples
-from retrieval.train.validation import CopyValidation, build_copy_validation, copy_metrics
+from retrieval.train.selfsup import View, distinct_photo_rows, epoch_edit_seed, render_view, selfsup_tuples
+from retrieval.train.validation import CopyValidation, build_copy_validation, validation_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -113,26 +111,9 @@ class Trainer:
             raise TrainingError("no output folder: set out (--out DIR)")
         self.out = Path(config.out)
         setup.check_out_dir(self.out, resume)
-        if data is None:
-            data = load_training_data(
-                config.data, csv_format=config.csv_format, path_column=config.path_column,
-                group_column=config.group_column, anchor_column=config.anchor_column,
-                positive_column=config.positive_column, negative_column=config.negative_column,
-                self_supervised=config.self_supervised,
-            )
-        if config.self_supervised and not data.self_supervised:
-            data = photo_data(data.paths, data.source)  # asked for: the groups are not used
-        config = replace(config, self_supervised=data.self_supervised)
-        self.config = config = replace(config, whiten_method=config.resolved_whiten_method).validate()
+        self.config, self.train_data, self.val_data = setup.prepare_data(config, data)
+        config = self.config
         self.self_supervised = config.self_supervised
-        if self.self_supervised:
-            self.train_data, self.val_data = split_by_photo(data, config.val_fraction, seed=config.seed)
-        else:
-            self.train_data, self.val_data = split_by_group(
-                data, config.val_fraction, min_val_groups=config.min_val_groups, seed=config.seed
-            )
-        if len(self.train_data.members()) < 2:
-            raise TrainingError("training needs at least 2 groups (negatives come from other groups)")
         what = "photos" if self.self_supervised else "groups"
         logger.info(
             "%straining on %d images in %d %s; validating on %s", "self-supervised " * self.self_supervised,
@@ -331,27 +312,14 @@ class Trainer:
         """
         if self.val_data is None or self.val_cache is None:
             return {}
-        cv = self.copy_val
-        val_ids = list(range(len(self.val_data))) if not self.self_supervised else []
-        orig_ids = cv.originals.tolist() if cv is not None else []
-        self.val_cache.ensure(val_ids + orig_ids)
-        arrays = [self.val_cache.get(i) for i in val_ids + orig_ids]
-        if cv is not None:
-            self.cache.ensure(cv.distractors.tolist())
-            arrays += [self.cache.get(i) for i in cv.distractors.tolist()] + cv.queries
-        with Progress(len(arrays), desc="validating", unit="images", logger=logger,
-                      mode=self._progress_mode(len(arrays))) as progress:
-            vecs = self.describe_images(arrays, model=model, progress=progress)  # one network pass for all
-        out: dict[str, float] = {}
-        if val_ids:
-            res = evaluate_descriptors(vecs[: len(val_ids)], self.val_data.labels, ks=(1, 5, 10))
-            out.update({"val_map": res.map, **{f"val_mp@{k}": v for k, v in res.mp_at_k.items()}})
-        if cv is not None:
-            rest = vecs[len(val_ids) :]
-            n_db = len(orig_ids) + cv.distractors.size
-            metrics = copy_metrics(rest[n_db:], rest[:n_db], cv.query_content, cv.db_content)
-            out.update({f"val_copy_{k}": v for k, v in metrics.items()})
-        return out
+
+        def describe(arrays: Sequence[np.ndarray]) -> np.ndarray:
+            with Progress(len(arrays), desc="validating", unit="images", logger=logger,
+                          mode=self._progress_mode(len(arrays))) as progress:
+                return self.describe_images(arrays, model=model, progress=progress)
+
+        return validation_metrics(describe, self.val_data, self.val_cache, self.cache, self.copy_val,
+                                  groups=not self.self_supervised)
 
     # ------------------------------------------------------------------ internals
     def _loss(self, batch: Sequence[TrainTuple]) -> torch.Tensor:
@@ -388,22 +356,9 @@ class Trainer:
             mask=torch.from_numpy(mask).to(self.device), distance=self.config.distance,
         )
         if self.config.koleo_weight > 0:
-            loss = loss + self.config.koleo_weight * koleo_loss(desc[self._distinct_photos(batch)])
+            rows = distinct_photo_rows(batch, self.train_data.groups)
+            loss = loss + self.config.koleo_weight * koleo_loss(desc[rows])
         return loss
-
-    def _distinct_photos(self, batch: Sequence[TrainTuple]) -> list[int]:
-        """Rows of the batch's queries and negatives, the first of each distinct content (group) only."""
-        rows: list[int] = []
-        seen: set[int] = set()
-        start = 0
-        for t in batch:
-            for offset, image in [(0, t.query)] + [(2 + k, n) for k, n in enumerate(t.negatives)]:
-                group = int(self.train_data.groups[image])
-                if group not in seen:
-                    seen.add(group)
-                    rows.append(start + offset)
-            start += len(t.images)
-        return rows
 
     def _forward_backward(self, batch: Sequence[TrainTuple], scale: float) -> float:
         setup.train_mode(self.model)

@@ -22,12 +22,12 @@ Reported (``val_copy_*`` in the history):
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from retrieval.evaluate import mean_average_precision, rank_by_similarity
+from retrieval.evaluate import evaluate_descriptors, mean_average_precision, rank_by_similarity
 from retrieval.train.data import TrainingData
 from retrieval.train.images import ImageCache
 from retrieval.train.photos import sha256_file
@@ -89,9 +89,6 @@ class CopyValidation:
     distractors: np.ndarray  # indices into the training data
     db_content: list[str]  # originals, then distractors
 
-    def describe_count(self) -> int:
-        return len(self.queries) + self.originals.size + self.distractors.size
-
 
 def build_copy_validation(
     val: TrainingData,
@@ -121,3 +118,41 @@ def build_copy_validation(
     logger.info("copy validation: %d edited copies of %d held-out photos against them and %d training photos",
                 len(query_arrays), originals.size, picked.size)
     return CopyValidation(query_arrays, query_content, originals, picked, db_content)
+
+
+def validation_metrics(
+    describe: Callable[[Sequence[np.ndarray]], np.ndarray],
+    val: TrainingData,
+    val_cache: ImageCache,
+    train_cache: ImageCache,
+    copy_val: CopyValidation | None,
+    *,
+    groups: bool,
+) -> dict[str, float]:
+    """The validation metrics of the model behind ``describe`` (images -> descriptors), in one pass.
+
+    ``groups``: the held-out groups' mAP and mP@k (``val_map``, ``val_mp@k``: every validation
+    image a query against the others). With ``copy_val``: ``val_copy_r1``, ``val_copy_map``,
+    ``val_copy_uap`` (:func:`copy_metrics`).
+    """
+    val_ids = list(range(len(val))) if groups else []
+    orig_ids = copy_val.originals.tolist() if copy_val is not None else []
+    own = val_ids or orig_ids  # the validation images described (every one for groups: the originals among them)
+    val_cache.ensure(own)
+    arrays = [val_cache.get(i) for i in own]
+    if copy_val is not None:
+        train_cache.ensure(copy_val.distractors.tolist())
+        arrays += [train_cache.get(i) for i in copy_val.distractors.tolist()] + copy_val.queries
+    vecs = describe(arrays)
+    out: dict[str, float] = {}
+    if val_ids:
+        res = evaluate_descriptors(vecs[: len(val_ids)], val.labels, ks=(1, 5, 10))
+        out.update({"val_map": res.map, **{f"val_mp@{k}": v for k, v in res.mp_at_k.items()}})
+    if copy_val is not None:
+        originals = vecs[orig_ids] if val_ids else vecs[: len(orig_ids)]
+        distractors = vecs[len(own) : len(own) + copy_val.distractors.size]
+        queries = vecs[len(own) + copy_val.distractors.size :]
+        metrics = copy_metrics(queries, np.concatenate([originals, distractors]), copy_val.query_content,
+                               copy_val.db_content)
+        out.update({f"val_copy_{k}": v for k, v in metrics.items()})
+    return out

@@ -27,7 +27,7 @@ from retrieval.train.data import TrainingData, load_training_data
 from retrieval.train.losses import koleo_loss
 from retrieval.train.mining import TrainTuple
 from retrieval.train.photos import collection_photos, photo_data, sha256_file, split_by_photo
-from retrieval.train.selfsup import ORIGINAL, POSITIVE_COPY, View, selfsup_tuples
+from retrieval.train.selfsup import ORIGINAL, POSITIVE_COPY, View, distinct_photo_rows, selfsup_tuples
 from retrieval.train.trainer import COPY_METRIC, GROUP_METRIC, Trainer, run_config
 from retrieval.train.validation import copy_metrics, micro_average_precision
 from tests import imagefactory as f
@@ -131,6 +131,14 @@ def test_copy_metrics_match_brute_force(seed: int) -> None:
     assert 0 < got["uap"] < 1  # noisy queries: neither trivial nor hopeless
     assert micro_average_precision(np.array([0.9, 0.8, 0.1]), np.array([False, True, True]), 3) == \
         pytest.approx((1 / 2 + 2 / 3) / 3)
+
+
+def test_the_uniformity_term_only_sees_distinct_photos() -> None:
+    groups = np.array([0, 1, 2, 3, 3])  # photos 3 and 4 are byte-identical twins
+    batch = [TrainTuple(0, 0, (1, 3), views=(-1, 1, 2, -1)), TrainTuple(4, 4, (0, 2), views=(0, 1, -1, 2))]
+    # rows: tuple 1 = 0 (query 0), 1 (its positive), 2 (photo 1), 3 (photo 3); tuple 2 = 4 (query: twin of 3),
+    # 5 (positive), 6 (photo 0 again), 7 (photo 2): positives, the twin and the repeated photo are left out
+    assert distinct_photo_rows(batch, groups) == [0, 2, 3, 7]
 
 
 # ----------------------------------------------------------------------------- data
