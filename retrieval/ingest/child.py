@@ -182,6 +182,7 @@ class ChildDescriber:
         if started is None:  # stopped before it started
             return
         conn, proc = started
+        t0 = time.monotonic()
         keys: dict[int, Hashable] = {}
         next_seq = 0
         source = iter(items)
@@ -211,7 +212,7 @@ class ChildDescriber:
                 elif kind == "error":
                     raise ImsearchError(f"the index job's describing process failed: {msg[1]}")
                 elif kind == "ready":
-                    logger.info("index job: describing process %d ready", msg[1])
+                    logger.info("index job: describing process %d ready in %.1f s", msg[1], time.monotonic() - t0)
                 else:
                     raise ImsearchError(f"internal error: the describing process sent {kind!r}")
         finally:

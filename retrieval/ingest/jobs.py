@@ -8,11 +8,13 @@ the job ends) or ``"thread"`` (the job thread itself, sharing this process's mod
 way the describing runs at a lower CPU priority (``nice``), with its own OpenMP team
 (``threads``), its network pausing before each layer while searches run (``pause`` in a
 thread, ``yield_to`` in a child: the API's :class:`api.compute.ForegroundGate`), and the
-scanning, planning and writing stay in this process: still exactly one writer. Its progress is copied into
-the catalog's ``jobs`` table every half second, so any reader sees it; :meth:`JobRunner.cancel`
-stops it after the work in flight is written. Jobs an earlier process left running are marked
-failed by :meth:`JobRunner.recover`: starting them again continues where they stopped (the
-pipeline skips what is already indexed).
+scanning, planning and writing stay in this process: still exactly one writer.
+
+A job's progress is copied into the catalog's ``jobs`` table every half second, so any reader
+sees it; :meth:`JobRunner.cancel` stops it after the results already described are written
+(a child is stopped at once: what it had not sent back is described again by the next run).
+Jobs an earlier process left running are marked failed by :meth:`JobRunner.recover`: starting
+them again continues where they stopped (the pipeline skips what is already indexed).
 """
 
 from __future__ import annotations

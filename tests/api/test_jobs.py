@@ -16,11 +16,13 @@ from typing import Any
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from api.settings import Settings
 from retrieval.collection import Collection
 from retrieval.store.keys import image_key
 from tests.api.conftest import API_KEY, BULK_COUNT, Layout, make_settings, running
+from tests.imagefactory import gradient
 
 AUTH = {"X-API-Key": API_KEY}
 
@@ -207,9 +209,19 @@ def test_the_gate_in_shared_memory_follows_the_gate_rule() -> None:
         gate.leave()
 
 
+CHILD_COUNT = 48  # images of the child-process jobs: a few commits (every 2 x job_batch_size)
+
+
 @pytest.fixture(scope="module")
 def child_env(layout: Layout, small_model: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    """A fresh collection; jobs in a child process at nice +5 that waits up to 60 s for searches."""
+    """A fresh collection; jobs in a child process at nice +5 that waits up to 60 s for searches;
+    ``layout.allowed / "jobs-child"``: CHILD_COUNT small generated images."""
+    folder = layout.allowed / "jobs-child"
+    folder.mkdir(exist_ok=True)
+    for i in range(CHILD_COUNT):
+        pixels = gradient(64, 48, seed=1000 + i)
+        pixels[:, i % 64, :] = (i * 53) % 256  # a distinct column: distinct content
+        Image.fromarray(pixels).save(folder / f"child_{i:03d}.png")
     data_dir = tmp_path_factory.mktemp("api-jobs-child")
     Collection.open(data_dir, model=small_model).close()
     settings = make_settings(data_dir, None, layout, job_isolation="process", job_nice=5, job_yield_max_ms=60_000)
@@ -243,7 +255,7 @@ def test_child_pauses_for_searches_and_cancel_stops_it(child_env: Env) -> None:
     before = env.images()
     gate.enter()  # a search in flight, as far as the job can tell
     try:
-        job = env.start(env.layout.bulk)
+        job = env.start(env.layout.allowed / "jobs-child")
         pid = child_of(env)
         assert os.getpriority(os.PRIO_PROCESS, pid) >= os.getpriority(os.PRIO_PROCESS, 0) + 5
         time.sleep(1.5)
@@ -259,8 +271,9 @@ def test_child_pauses_for_searches_and_cancel_stops_it(child_env: Env) -> None:
 
 def test_killed_child_fails_the_job_and_a_rerun_finishes(child_env: Env) -> None:
     env = child_env
+    folder = env.layout.allowed / "jobs-child"
     before = env.images()
-    job = env.start(env.layout.bulk)
+    job = env.start(folder)
     pid = child_of(env)
     deadline = time.monotonic() + 120
     while env.job(job["id"])["done"] < 8 and time.monotonic() < deadline:
@@ -270,14 +283,14 @@ def test_killed_child_fails_the_job_and_a_rerun_finishes(child_env: Env) -> None
     assert failed["status"] == "failed", failed
     assert f"describing process (pid {pid}) was killed by signal SIGKILL" in failed["message"]
     assert "start the job again" in failed["message"]
-    assert 8 <= failed["done"] < BULK_COUNT
+    assert 8 <= failed["done"] < CHILD_COUNT
     assert env.images() == before + failed["done"]  # what it described before it died is written
 
-    again = env.wait(env.start(env.layout.bulk)["id"])
+    again = env.wait(env.start(folder)["id"])
     assert again["status"] == "succeeded", again
-    assert again["total"] == BULK_COUNT and again["skipped"] + again["done"] == BULK_COUNT
+    assert again["total"] == CHILD_COUNT and again["skipped"] + again["done"] == CHILD_COUNT
     assert env.images() == before + failed["done"] + again["done"]  # nothing lost, nothing twice
     collection = env.client.app_state["services"].engine.collection
     assert collection.count("image") == env.images()
-    for path in sorted(env.layout.bulk.iterdir()):
+    for path in sorted(folder.iterdir()):
         assert env.client.get(f"/api/v1/images/{key_of(path)}").status_code == 200, path
