@@ -27,8 +27,8 @@ BoxIn = tuple[Coord, Coord, Coord, Coord]
 MatchLevel = Literal["copy", "near", "similar"]
 MIN_MATCH_DESCRIPTION = (
     "only results of this calibrated match level or stronger (copy > near > similar): a minimum score applied "
-    "inside the search, so pages stay one ranking; needs a calibrated collection (`imsearch calibrate`) and a "
-    "plain search (no box, objects or re-ranking)"
+    "inside the search, so pages stay one ranking; needs a calibrated collection (`imsearch calibrate`; else 409) "
+    "and a plain search (no box, objects or re-ranking)"
 )
 
 

@@ -1,7 +1,8 @@
 """Search by an uploaded image (multipart) or by an indexed image id (JSON).
 
-Hits carry the calibrated ``match`` level; ``min_match`` keeps that level and stronger (a
-422 ``not-calibrated`` problem when the collection has no calibration for its model).
+Hits carry the calibrated ``match`` level; ``min_match`` keeps that level and stronger. A
+collection with no calibration for its model answers ``min_match`` with a 409 ``not-calibrated``
+problem: the request is well formed, the collection's state refuses it (run ``imsearch calibrate``).
 """
 
 from __future__ import annotations
@@ -51,6 +52,11 @@ def run_search(
     exclude_query: bool,
 ) -> SearchResult:
     """The search; on the model thread when the query needs the model (an image, or a box)."""
+    if opts.min_match is not None:  # a level this collection cannot serve: refused before anything else
+        try:
+            engine.min_match_score(opts.min_match)
+        except NotCalibratedError as exc:
+            raise ApiError(409, str(exc), kind="not-calibrated", title="Collection not calibrated") from None
     if opts.k > settings.max_k:
         raise ApiError(
             422, f"k={opts.k} is over this server's limit of {settings.max_k}", kind="k-too-large", title="k too large"
@@ -72,11 +78,6 @@ def run_search(
         engine.search, query, k=opts.k, offset=opts.offset, threshold=opts.threshold, flt=flt, rerank=rerank,
         objects=opts.objects, exclude_query=exclude_query, min_match=opts.min_match,
     )
-    if opts.min_match is not None:  # refused before the model runs
-        try:
-            engine.min_match_score(opts.min_match)
-        except NotCalibratedError as exc:
-            raise ApiError(422, str(exc), kind="not-calibrated", title="Collection not calibrated") from None
     if query.image is not None or query.box is not None:
         return model.run(search)
     return search()
@@ -93,7 +94,7 @@ def with_match(response: SearchResponse, result: SearchResult) -> SearchResponse
 @router.post(
     "/image",
     summary="Search with an uploaded photo",
-    responses=problems(*READ_ERRORS, 413, 415),
+    responses=problems(*READ_ERRORS, 409, 413, 415),
 )
 def search_by_image(
     *,

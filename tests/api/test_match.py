@@ -82,11 +82,11 @@ def test_uncalibrated_hits_have_no_match_and_min_match_is_refused(env: Env) -> N
     moto = key_of(env.layout.library / "Motorbikes_image_0001.jpg")
     body = by_id(env.client, moto, k=5)
     assert body["hits"] and all(h["match"] is None for h in body["hits"])
-    refused = problem(env.client.post("/api/v1/search/id", json={"image_id": moto, "min_match": "near"}), 422,
+    refused = problem(env.client.post("/api/v1/search/id", json={"image_id": moto, "min_match": "near"}), 409,
                       "not-calibrated")
     assert "run `imsearch calibrate`" in refused["detail"]
     form = problem(env.client.post("/api/v1/search/image", files=upload(env.layout.duplicate),
-                                   data={"min_match": "copy"}), 422, "not-calibrated")
+                                   data={"min_match": "copy"}), 409, "not-calibrated")
     assert "no calibration" in form["detail"]
     assert "imsearch calibrate" in problem(env.client.get("/api/v1/calibration"), 404, "not-calibrated")["detail"]
     dups = env.client.get("/api/v1/duplicates").json()
