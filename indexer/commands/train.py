@@ -62,7 +62,7 @@ More settings for --set (defaults in brackets):
   optimizer: optimizer [adam|sgd], lr [1e-5], head_lr_mult [10], weight_decay [1e-6],
              lr_decay [0.97 per epoch], batch_size [4 tuples], accumulate [1], freeze [[]]
   images: image_size [320], augment [true], crop_scale [[0.5,1]], crop_ratio [[0.75,1.33]],
-          flip [true], color_jitter [0.2]
+          flip [true], color_jitter [0.2] (groups; self-supervised runs see their edits instead)
   runtime: seed [0], precision [auto|bf16|fp16|fp32], workers [2], mining_batch [16]
 On CPU cores shared with other jobs, run with OMP_WAIT_POLICY=PASSIVE in the environment:
 busy-waiting OpenMP threads otherwise slow training down several times.
