@@ -4,7 +4,7 @@
 :class:`~retrieval.ingest.local.LocalIngest`: the server keeps scanning, planning, reading and
 hashing the files, the catalog and the one writer; a child process started with ``spawn``
 (never ``fork`` of a threaded server) loads the collection's model file and describes what it
-is sent (decode, annotators, network), at its own CPU priority (``nice``), with its own
+is sent (decode, annotators, network), at its own CPU priority (``niceness``), with its own
 OpenMP team (``threads``) and allocator settings. Its model, decode buffers and activations
 live in the child; when the job ends the child exits and all of it goes back to the system.
 
@@ -105,13 +105,14 @@ class SharedPause:
 
 @dataclass(frozen=True)
 class ChildOptions:
-    """How the child runs: ``threads`` its torch threads (None: torch's default), ``nice`` how much
-    lower its CPU priority is, ``yield_to`` the server's foreground count (None: never pause),
-    ``malloc_arena_max`` glibc arenas (0: glibc's default), ``log_levels`` of its loggers (its log
-    lines go to the server's stderr; :func:`log_levels` copies this process's)."""
+    """How the child runs: ``threads`` its torch threads (None: torch's default), ``niceness`` its
+    CPU niceness (absolute: a child spawned from an already lowered thread starts there),
+    ``yield_to`` the server's foreground count (None: never pause), ``malloc_arena_max`` glibc
+    arenas (0: glibc's default), ``log_levels`` of its loggers (its log lines go to the server's
+    stderr; :func:`log_levels` copies this process's)."""
 
     threads: int | None = None
-    nice: int = 0
+    niceness: int = 0
     yield_to: YieldTo | None = None
     malloc_arena_max: int = 0
     log_levels: tuple[tuple[str, int], ...] = (("", logging.INFO),)
@@ -309,12 +310,24 @@ def _death(proc: BaseProcess) -> str:
 
 
 def lower_priority(nice: int) -> None:
-    """Lower this thread's CPU priority (Linux: threads it starts inherit it)."""
-    if nice <= 0 or not hasattr(os, "setpriority"):
+    """Lower this thread's CPU priority by ``nice`` (Linux: threads it starts inherit it)."""
+    if nice > 0 and hasattr(os, "getpriority"):
+        set_niceness(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) + nice)
+
+
+def process_niceness() -> int:
+    """This process's niceness (its main thread's: on Linux each thread has its own)."""
+    return os.getpriority(os.PRIO_PROCESS, os.getpid()) if hasattr(os, "getpriority") else 0
+
+
+def set_niceness(target: int) -> None:
+    """Raise this thread's niceness to ``target`` (at most 19); never lowers it."""
+    if not hasattr(os, "setpriority"):
         return
+    tid = threading.get_native_id()
     try:
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+        if min(19, target) > os.getpriority(os.PRIO_PROCESS, tid):
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, target))
     except OSError as exc:
         logger.info("could not lower the index job's priority: %s", exc)
 
@@ -355,7 +368,7 @@ def _set_up(settings: IngestSettings, fingerprint: str, options: ChildOptions) -
         os.environ["OMP_NUM_THREADS"] = str(options.threads)
     from retrieval.runtime import tune_malloc
 
-    lower_priority(options.nice)  # before any thread starts: they all inherit it
+    set_niceness(options.niceness)  # before any thread starts: they all inherit it
     tune_malloc(arena_max=options.malloc_arena_max)  # as the imsearch command: flat memory while streaming
     import torch
 

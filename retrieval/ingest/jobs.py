@@ -28,7 +28,15 @@ from typing import Any, cast
 
 from retrieval.collection import Collection, model_path
 from retrieval.errors import CatalogError, ImsearchError, NotFoundError
-from retrieval.ingest.child import ChildDescriber, ChildOptions, Isolation, YieldTo, log_levels, lower_priority
+from retrieval.ingest.child import (
+    ChildDescriber,
+    ChildOptions,
+    Isolation,
+    YieldTo,
+    log_levels,
+    lower_priority,
+    process_niceness,
+)
 from retrieval.ingest.describe import Describer
 from retrieval.ingest.local import LocalIngest
 from retrieval.ingest.settings import IngestSettings
@@ -217,7 +225,7 @@ class JobRunner:
             model.save(path)
         options = ChildOptions(
             threads=self.threads,
-            nice=self.nice,
+            niceness=process_niceness() + self.nice,  # the server's + nice, whatever the job thread's is
             yield_to=self.yield_to,
             malloc_arena_max=self.malloc_arena_max,
             log_levels=log_levels(),
