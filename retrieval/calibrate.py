@@ -64,9 +64,11 @@ WILSON_Z = 1.0
 #: other photos per query counted as negatives
 NEGATIVES_PER_QUERY = 10
 FORMAT_VERSION = 1
-#: photos sampled by default, edited copies of each, and the seed of both
-DEFAULT_SAMPLE = 200
-DEFAULT_COPIES = 2
+#: photos sampled by default, edited copies of each, and the seed of both. Up to 1200 copies: the
+#: bound above needs ~100 copies above the copy threshold, and with the default model only ~10 %
+#: of STRONG copies score that high (python -m bench.calibration)
+DEFAULT_SAMPLE = 300
+DEFAULT_COPIES = 4
 DEFAULT_SEED = 0
 #: ``imsearch index`` / ``reindex`` calibrate at their end only from this many photos on
 MIN_PHOTOS = 50
@@ -264,7 +266,7 @@ class Calibration:
         if fitted.threshold is None:
             raise NotCalibratedError(
                 f"the calibration found no {level!r} threshold ({self.positives} copies scored; none reached "
-                f"the precision asked for); run `imsearch calibrate --sample N` with a larger N"
+                f"the precision asked for); run `imsearch calibrate` with a larger --sample or --copies"
             )
         return fitted.threshold
 

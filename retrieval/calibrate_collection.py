@@ -15,10 +15,11 @@ For a seeded sample of the collection's photos (:func:`sample_photos`):
    and the original's own top other photos; the original's top-1 other photo feeds the
    ``similar`` level. A negative must be another *photo*: other files with the same content are
    the same image id anyway, and an image that is the same picture resized or recompressed
-   (its :func:`photo_signature` correlates with the original's at least :data:`SAME_PHOTO`) is a
-   duplicate the collection already holds, so it is left out too. Only the run of such images right after the
-   original in each ranking is looked at (a duplicate scores almost like the original itself, so
-   it sits next to it), one small decode per query at most besides the duplicates.
+   (its :func:`photo_signature` correlates with the original's at least :data:`SAME_PHOTO`) is
+   a duplicate the collection already holds, so it is left out too. Only the run of such images
+   right after the original in each ranking is looked at (a duplicate scores almost like the
+   original itself, so it sits next to it): one small decode per query at most, besides the
+   duplicates.
 
 :func:`calibrate_collection` fits the thresholds (:func:`retrieval.calibrate.fit_thresholds`) and
 stores them beside the model; :func:`ensure_calibrated` is the end-of-run hook of ``imsearch

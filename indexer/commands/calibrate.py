@@ -20,8 +20,8 @@ from retrieval.calibrate import COPY_PRECISION, DEFAULT_COPIES, DEFAULT_SAMPLE, 
 logger = logging.getLogger(__name__)
 
 EXAMPLES = """examples:
-  imsearch calibrate                         # 200 photos x 2 edited copies, seed 0
-  imsearch calibrate --sample 500 --copies 3 --seed 1
+  imsearch calibrate                         # 300 photos x 4 edited copies, seed 0
+  imsearch calibrate --sample 500 --copies 6 --seed 1
   imsearch calibrate --show --json           # the stored calibration, nothing measured
 """
 
@@ -116,5 +116,5 @@ def run(args: argparse.Namespace) -> int:
         print(line)
     if cal.copy is None:
         print(f"no copy threshold: too few copies reached precision {COPY_PRECISION:g}; "
-              "calibrate with a larger --sample")
+              "calibrate with a larger --sample or --copies")
     return 0

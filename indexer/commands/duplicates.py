@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
                         "`imsearch calibrate` to group by its measured copy threshold", threshold)
         elif source == "default":
             logger.info("the calibration found no copy threshold (too few copies scored high enough): grouping at "
-                        "similarity >= %s; run `imsearch calibrate --sample N` with a larger N", threshold)
+                        "similarity >= %s; run `imsearch calibrate` with a larger --sample or --copies", threshold)
         groups = engine.duplicates(threshold)
     finally:
         engine.close()

@@ -172,7 +172,7 @@ def test_a_level_without_threshold_says_what_to_do() -> None:
                              copies_per_photo=2, negatives_per_query=10)
     assert c.copy is None and c.near == pytest.approx(0.8)  # 20 / 21 >= 0.9 but < 0.99
     assert c.match_level(0.95) == "near" and c.match_level(0.3) == "similar" and c.match_level(0.2) is None
-    with pytest.raises(NotCalibratedError, match="--sample N"):
+    with pytest.raises(NotCalibratedError, match="a larger --sample or --copies"):
         c.min_score("copy")
     with pytest.raises(NotCalibratedError, match="run `imsearch calibrate`"):
         cal.min_match_score(None, "copy", Path("/data"))
@@ -325,7 +325,7 @@ def test_calibrate_a_collection_from_copies_of_its_photos(small: Small) -> None:
         assert result.hits[0].path == str(photos[0]) and result.hits[0].match in ("near", "similar")
         assert all(h.match == c.match_level(h.score) for h in result.hits)
         assert engine.duplicate_threshold() == (0.95, "default")  # no copy threshold to group by
-        with pytest.raises(NotCalibratedError, match="--sample N"):
+        with pytest.raises(NotCalibratedError, match="a larger --sample or --copies"):
             engine.search(Query(image=photos[0]), k=5, min_match="copy")
 
 
