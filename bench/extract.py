@@ -80,7 +80,8 @@ def project(model: DescriptorModel, paths: list[Path], batch: int) -> tuple[floa
 
 
 def pure_forward(ex: Extractor, paths: list[Path], batch: int) -> float:
-    """Forward + head only, on inputs decoded and bucketed beforehand (same shapes as the pipeline)."""
+    """Forward + head only, on inputs decoded and bucketed beforehand (same shapes as the pipeline),
+    run as the pipeline runs its batches (:meth:`Extractor.forward_batches`: same model threads)."""
     meta = ex.meta
     buckets: dict[tuple[int, int], list[np.ndarray]] = {}
     for path in paths:
@@ -88,23 +89,15 @@ def pure_forward(ex: Extractor, paths: list[Path], batch: int) -> float:
         for scale in meta.scales:
             size = input_size(img.width, img.height, meta.max_side, scale, meta.stride)
             buckets.setdefault(size, []).append(np.asarray(img.resize(size, Image.Resampling.BILINEAR)))
-    batches = [
-        torch.from_numpy(np.stack(arrs[i : i + batch])).permute(0, 3, 1, 2)
-        for arrs in buckets.values()
-        for i in range(0, len(arrs), batch)
-    ]
+    batches = [arrs[i : i + batch] for arrs in buckets.values() for i in range(0, len(arrs), batch)]
 
     def one_pass() -> float:
         t0 = time.perf_counter()
-        with torch.inference_mode():
-            for b in batches:
-                x = ex.model.normalize(b.to(ex.device))
-                if ex.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                ex.model.head(ex.run_backbone(x))
+        for _ in ex.forward_batches(batches):
+            pass
         return time.perf_counter() - t0
 
-    one_pass()  # warm-up: every input shape seen once (oneDNN builds its kernels per shape)
+    one_pass()  # warm-up: every input shape seen once (oneDNN builds its kernels per shape and thread)
     return len(paths) / one_pass()
 
 

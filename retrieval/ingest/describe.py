@@ -46,7 +46,9 @@ class SourceItem:
     already read from ``path`` (then ``size_bytes`` / ``mtime_ns`` are what was read).
 
     ``boxes`` (original-image pixels) get region descriptors besides the detected ones, in
-    this order first (``reindex`` re-describes the known regions this way).
+    this order first (``reindex`` re-describes the known regions this way). ``sha256``: the
+    hex digest of ``data`` when the caller already computed it (the local pipeline's reader
+    hashes every file to find duplicates): not computed a second time.
     """
 
     key: Hashable
@@ -55,10 +57,13 @@ class SourceItem:
     size_bytes: int | None = None
     mtime_ns: int | None = None
     boxes: tuple[Box, ...] = ()
+    sha256: str | None = None
 
     def __post_init__(self) -> None:
         if self.data is None and self.path is None:
             raise ImsearchError(f"item {self.key!r} has neither bytes nor a path")
+        if self.sha256 is not None and self.data is None:
+            raise ImsearchError(f"item {self.key!r}: a sha256 is taken only with the bytes it was computed from")
 
     @property
     def name(self) -> str:
@@ -244,7 +249,8 @@ class Describer:
             if len(item.data) > limit:
                 return Described(item.key, error=f"{len(item.data)} bytes, over the limit of {limit}")
             size = item.size_bytes if item.size_bytes is not None else len(item.data)
-            return _Read(item, item.data, hashlib.sha256(item.data).hexdigest(), size, item.mtime_ns)
+            sha = item.sha256 if item.sha256 is not None else hashlib.sha256(item.data).hexdigest()
+            return _Read(item, item.data, sha, size, item.mtime_ns)
         assert item.path is not None  # checked by SourceItem
         st = self.settings
         got = read_file(item.path, limit, follow_symlinks=st.follow_symlinks, roots=st.roots)

@@ -237,7 +237,8 @@ class LocalIngest:
             duplicate = sha in submitted
             submitted.add(sha)
             stages["reader"] += time.perf_counter() - t0
-            item = SourceItem(_Work(e, duplicate), data=data, path=e.path, size_bytes=size, mtime_ns=mtime_ns)
+            item = SourceItem(_Work(e, duplicate), data=data, path=e.path, size_bytes=size, mtime_ns=mtime_ns,
+                              sha256=sha)
             work_q.put(item)  # blocks while the model is behind: bounded memory
             t0 = time.perf_counter()
         writer.add_known_content(same_content, known_paths=known)

@@ -1,7 +1,15 @@
 """Fast batched extraction: sources in, descriptors out, streaming with bounded memory.
 
 Decoding and resizing run in a thread pool (Pillow releases the GIL) while the model
-runs batches on the caller's thread. Each image is resized so that its long side is
+runs batches on its own threads. On CPU the calling thread's torch threads (``torch.get_num_threads()``)
+become that many model threads of one torch thread each, every one running whole batches:
+an OpenMP team of two threads on a shared 2-core machine stalls at each layer's barrier
+whenever the OS gives one of its cores to another thread (a decode worker, the indexer's
+reader or writer, another process), while single-threaded model threads only ever slow
+themselves (measured under load: 2 threads x 1 ran 1.7-2.0x the images/s of 1 thread x 2
+on the same pre-decoded batches; ``python -m bench.extract``). One image at a time
+(:meth:`Extractor.extract_one`, a query) still runs on the calling thread with its whole team:
+that is the low-latency path. Each image is resized so that its long side is
 ``max_side * scale`` and both sides are multiples of the backbone stride; images of equal
 input size are batched together, so no padding ever enters the network and an image's
 descriptor never depends on which other images shared its batch. Multi-scale
@@ -21,6 +29,8 @@ import copy
 import logging
 import math
 import os
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -140,8 +150,10 @@ def resolve_engine(engine: str, device: torch.device) -> str:
 class _Pending:
     result: ExtractResult
     scales_left: int
-    desc: torch.Tensor | None = None
-    regions: torch.Tensor | None = None
+    # per scale index, summed in scale order when the last one is in (whatever order the
+    # batches ran in, an image's descriptor is the same sum)
+    descs: dict[int, torch.Tensor] = field(default_factory=dict)
+    regions: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -169,9 +181,15 @@ class Extractor:
         fuse: bool = True,
         buffer_images: int = 256,
         engine: str = "torch",
+        model_threads: int | None = None,
     ) -> None:
+        """``model_threads``: threads running batches in :meth:`iter_extract` (None: on CPU, the
+        calling thread's torch thread count, each model thread then running one torch thread; on
+        CUDA, 1). With 1 the batches run on the calling thread with its torch threads."""
         if batch_size < 1:
             raise ImsearchError(f"batch_size must be >= 1, got {batch_size}")
+        if model_threads is not None and model_threads < 1:
+            raise ImsearchError(f"model_threads must be >= 1, got {model_threads}")
         self.device = resolve_device(device)
         self.engine = resolve_engine(engine, self.device)
         self.dtype = torch.float32 if self.engine == "onnxruntime" else resolve_precision(precision, self.device)
@@ -212,9 +230,18 @@ class Extractor:
         self.annotator = annotator
         self.max_pixels = max_pixels
         self.meta = model.meta
+        self.model_threads = model_threads
+        #: seconds of decode / forward work (summed over threads), inputs and batches run
         self.stats = {"decode_s": 0.0, "forward_s": 0.0, "images": 0, "batches": 0}
-        #: called with (float32 feature maps, item keys, scale indices) of every batch
+        self._stats_lock = threading.Lock()
+        #: called with (float32 feature maps, item keys, scale indices) of every batch, one call
+        #: at a time (model threads take turns)
         self.feature_hook: FeatureHook | None = None
+        self._hook_lock = threading.Lock()
+        self._model_pool: ThreadPoolExecutor | None = None
+        self._model_pool_layout = (0, 0)
+        self._onnx_batch: OnnxBackbone | None = None  # a session of one thread per model thread
+        self._pool_lock = threading.Lock()
         logger.info(
             "extractor on %s (%s), %s, batch %d, %d decode workers",
             self.device, self.engine, self.dtype, batch_size, self.workers,
@@ -242,7 +269,7 @@ class Extractor:
             return entry.result
         for job in jobs:
             descs, regions = self._forward([job], [0])
-            self._accumulate(entry, descs[0], regions[0])
+            self._accumulate(entry, job.scale_index, descs[0], regions[0])
         return self._finish(entry)
 
     def learn_whitening(
@@ -279,11 +306,12 @@ class Extractor:
         """Stream results (not in input order: each as soon as all its scales are done).
 
         ``annotator`` (default: the extractor's own) runs in the decode workers on each decoded
-        image and adds boxes to pool (see :data:`Annotator`)."""
+        image and adds boxes to pool (see :data:`Annotator`). Batches run on the model threads
+        (see :meth:`model_layout`), at most one more batch in flight than there are threads."""
         annotate = annotator if annotator is not None else self.annotator
+        threads, _ = layout = self.model_layout()
+        run = _Runner(self, self._model_runner(layout))
         prefetch = max(2 * self.batch_size, 4 * self.workers)
-        max_buffered = self.buffer_images
-        pending: dict[int, _Pending] = {}
         buckets: dict[tuple[int, int], list[_Job]] = {}
         futures: deque[Future[tuple[_Pending, list[_Job]]]] = deque()
         it = iter(enumerate(items))
@@ -298,33 +326,82 @@ class Extractor:
                     futures.append(pool.submit(self._prepare, nxt[0], nxt[1], annotate))
                 if not futures:
                     break
+                yield from run.harvest(block=False)
                 entry, jobs = futures.popleft().result()
                 if entry.result.error is not None:
                     yield entry.result
                     continue
-                pending[jobs[0].slot] = entry
+                run.pending[jobs[0].slot] = entry
                 for job in jobs:
                     buckets.setdefault(job.pixels.shape[:2], []).append(job)
-                buffered = sum(len(b) for b in buckets.values())
                 for shape in [s for s, b in buckets.items() if len(b) >= self.batch_size]:
-                    yield from self._run_bucket(buckets, shape, pending)
-                    buffered = sum(len(b) for b in buckets.values())
-                while buffered > max_buffered:
+                    yield from run.launch(buckets, shape, self.batch_size, max_running=threads + 1)
+                while sum(len(b) for b in buckets.values()) > self.buffer_images:
                     fullest = max(buckets, key=lambda s: len(buckets[s]))
-                    yield from self._run_bucket(buckets, fullest, pending)
-                    buffered = sum(len(b) for b in buckets.values())
-            for shape in list(buckets):
-                yield from self._run_bucket(buckets, shape, pending)
-        if pending:  # cannot happen unless a bug loses a job: fail loudly rather than drop images
-            raise ImsearchError(f"internal error: {len(pending)} images were not completed")
+                    yield from run.launch(buckets, fullest, self.batch_size, max_running=threads + 1)
+            for shape in sorted(buckets, key=lambda s: -len(buckets[s])):
+                yield from run.launch(buckets, shape, self.batch_size, max_running=threads + 1)
+            yield from run.harvest(block=True)
+        if run.pending:  # cannot happen unless a bug loses a job: fail loudly rather than drop images
+            raise ImsearchError(f"internal error: {len(run.pending)} images were not completed")
+
+    def forward_batches(self, batches: Iterable[Sequence[np.ndarray]]) -> Iterator[torch.Tensor]:
+        """Per-scale descriptors ``(B, dim)`` of batches of same-size ``(H, W, 3)`` uint8 inputs,
+        already decoded and resized, in order, run exactly as :meth:`iter_extract` runs its
+        batches (same model threads, same number in flight): the pure model rate of the
+        pipeline (the benches' ceiling)."""
+        threads, _ = layout = self.model_layout()
+        pool = self._model_runner(layout)
+        onnx = self._onnx_batch if pool is not None else None
+        running: deque[Future[tuple[torch.Tensor, list[torch.Tensor | None]]]] = deque()
+        for arrays in batches:
+            jobs = [_Job(i, 0, a) for i, a in enumerate(arrays)]
+            if pool is None:
+                yield self._forward(jobs, list(range(len(jobs))))[0]
+                continue
+            if len(running) > threads:
+                yield running.popleft().result()[0]
+            running.append(pool.submit(self._forward, jobs, list(range(len(jobs))), onnx))
+        while running:
+            yield running.popleft().result()[0]
+
+    def model_layout(self) -> tuple[int, int]:
+        """``(model threads, torch threads each)`` of :meth:`iter_extract` called from this thread:
+        ``model_threads`` as given, else on CPU one model thread per torch thread of the calling
+        thread (an index job that gave its thread one torch thread runs its batches on it, as
+        before); on CUDA one model thread."""
+        budget = max(1, torch.get_num_threads())
+        threads = self.model_threads or (budget if self.device.type == "cpu" else 1)
+        return threads, max(1, budget // threads)
+
+    def _model_runner(self, layout: tuple[int, int]) -> ThreadPoolExecutor | None:
+        """The model threads for ``layout`` (kept between calls: their oneDNN kernels stay built),
+        None when the batches run on the calling thread."""
+        threads, per_thread = layout
+        if threads == 1:
+            return None
+        with self._pool_lock:
+            if self._model_pool is None or self._model_pool_layout != layout:
+                if self._model_pool is not None:
+                    self._model_pool.shutdown(wait=False)
+                self._model_pool = ThreadPoolExecutor(
+                    threads, thread_name_prefix="imsearch-model", initializer=torch.set_num_threads,
+                    initargs=(per_thread,),
+                )
+                self._model_pool_layout = layout
+                self._onnx_batch = None
+                if self.onnx is not None and self.onnx.threads != per_thread:
+                    # one session run by every model thread at once (onnxruntime allows it), each
+                    # call on its own thread: no intra-op pool for the model threads to fight over
+                    self._onnx_batch = OnnxBackbone(self.backbone, int(self.meta.stride), threads=per_thread)
+                logger.info("extractor: %d model threads x %d torch threads", threads, per_thread)
+            return self._model_pool
 
     # ------------------------------------------------------------------ stages
     def _prepare(
         self, slot: int, item: ExtractItem, annotator: Annotator | None = None
     ) -> tuple[_Pending, list[_Job]]:
         """Worker: decode, annotate, resize to every scale (no torch here)."""
-        import time
-
         t0 = time.perf_counter()
         result = ExtractResult(key=item.key)
         try:
@@ -350,7 +427,8 @@ class Extractor:
             sx, sy = tw / width0, th / height0
             scaled = [(b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy) for b in boxes]
             jobs.append(_Job(slot, index, np.asarray(resized), scaled))
-        self.stats["decode_s"] += time.perf_counter() - t0
+        with self._stats_lock:
+            self.stats["decode_s"] += time.perf_counter() - t0
         return _Pending(result, len(jobs)), jobs
 
     def _decode(self, item: ExtractItem) -> DecodedImage:
@@ -368,23 +446,9 @@ class Extractor:
         need = math.ceil(self.meta.max_side * max(self.meta.scales))
         return decode_image(src, name=_source_name(src), max_side=need, max_pixels=self.max_pixels)
 
-    def _run_bucket(
-        self, buckets: dict[tuple[int, int], list[_Job]], shape: tuple[int, int], pending: dict[int, _Pending]
-    ) -> Iterator[ExtractResult]:
-        jobs = buckets.pop(shape)
-        for start in range(0, len(jobs), self.batch_size):
-            chunk = jobs[start : start + self.batch_size]
-            descs, regions = self._forward(chunk, [pending[j.slot].result.key for j in chunk])
-            for job, desc, reg in zip(chunk, descs, regions, strict=True):
-                entry = pending[job.slot]
-                self._accumulate(entry, desc, reg)
-                if entry.scales_left == 0:
-                    del pending[job.slot]
-                    yield self._finish(entry)
-
-    def _forward(self, jobs: list[_Job], keys: list[Hashable]) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
-        import time
-
+    def _forward(
+        self, jobs: list[_Job], keys: list[Hashable], onnx: OnnxBackbone | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
         t0 = time.perf_counter()
         batch = torch.from_numpy(np.stack([j.pixels for j in jobs])).permute(0, 3, 1, 2)
         if self.device.type == "cuda":
@@ -393,16 +457,18 @@ class Extractor:
             x = self.model.normalize(batch)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            feats = self.run_backbone(x)
+            feats = self.run_backbone(x, onnx=onnx)
             if self.feature_hook is not None:
-                self.feature_hook(feats, keys, [j.scale_index for j in jobs])
+                with self._hook_lock:
+                    self.feature_hook(feats, keys, [j.scale_index for j in jobs])
             descs = self.model.head(feats)
             regions: list[torch.Tensor | None] = [
                 self.model.head_boxes(feats[i], j.boxes) if j.boxes else None for i, j in enumerate(jobs)
             ]
-        self.stats["forward_s"] += time.perf_counter() - t0
-        self.stats["batches"] += 1
-        self.stats["images"] += len(jobs)
+        with self._stats_lock:
+            self.stats["forward_s"] += time.perf_counter() - t0
+            self.stats["batches"] += 1
+            self.stats["images"] += len(jobs)
         return descs, regions
 
     @contextlib.contextmanager
@@ -437,10 +503,11 @@ class Extractor:
             layer.register_forward_pre_hook(hook)
         return len(layers)
 
-    def run_backbone(self, x: torch.Tensor) -> torch.Tensor:
-        """Float32 feature maps of a normalized batch, in the extractor's precision and engine."""
+    def run_backbone(self, x: torch.Tensor, *, onnx: OnnxBackbone | None = None) -> torch.Tensor:
+        """Float32 feature maps of a normalized batch, in the extractor's precision and engine
+        (``onnx``: this onnxruntime session instead of the extractor's own)."""
         if self.onnx is not None:
-            return self.onnx(x)
+            return (onnx or self.onnx)(x)
         if self.backbone_dtype != torch.float32:
             return self.backbone(x.to(self.backbone_dtype)).float()
         with self.autocast():
@@ -452,22 +519,79 @@ class Extractor:
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
     @staticmethod
-    def _accumulate(entry: _Pending, desc: torch.Tensor, regions: torch.Tensor | None) -> None:
-        entry.desc = desc if entry.desc is None else entry.desc + desc
+    def _accumulate(entry: _Pending, scale_index: int, desc: torch.Tensor, regions: torch.Tensor | None) -> None:
+        entry.descs[scale_index] = desc
         if regions is not None:
-            entry.regions = regions if entry.regions is None else entry.regions + regions
+            entry.regions[scale_index] = regions
         entry.scales_left -= 1
 
     @staticmethod
     def _finish(entry: _Pending) -> ExtractResult:
         res = entry.result
-        assert entry.desc is not None  # every finished entry ran at least one scale
-        res.descriptor = descriptors_to_numpy(l2n(entry.desc))
-        if entry.regions is not None:
-            res.regions = descriptors_to_numpy(l2n(entry.regions))
+        assert entry.descs  # every finished entry ran at least one scale
+        desc = _sum_in_order(entry.descs)
+        res.descriptor = descriptors_to_numpy(l2n(desc))
+        if entry.regions:
+            res.regions = descriptors_to_numpy(l2n(_sum_in_order(entry.regions)))
         elif res.boxes:
-            res.regions = np.zeros((0, entry.desc.shape[-1]), dtype=np.float32)
+            res.regions = np.zeros((0, desc.shape[-1]), dtype=np.float32)
         return res
+
+
+def _sum_in_order(parts: dict[int, torch.Tensor]) -> torch.Tensor:
+    keys = sorted(parts)
+    total = parts[keys[0]]
+    for k in keys[1:]:
+        total = total + parts[k]
+    return total
+
+
+class _Runner:
+    """One :meth:`Extractor.iter_extract` call's batches: launched on the model threads (or run at
+    once on the calling thread), harvested in launch order, finished images yielded."""
+
+    def __init__(self, extractor: Extractor, pool: ThreadPoolExecutor | None) -> None:
+        self.ex = extractor
+        self.pool = pool
+        self.onnx = extractor._onnx_batch if pool is not None else None
+        self.pending: dict[int, _Pending] = {}
+        self.running: deque[tuple[list[_Job], Future[tuple[torch.Tensor, list[torch.Tensor | None]]]]] = deque()
+
+    def launch(
+        self, buckets: dict[tuple[int, int], list[_Job]], shape: tuple[int, int], batch_size: int, *, max_running: int
+    ) -> Iterator[ExtractResult]:
+        """Run bucket ``shape`` in batches of ``batch_size``, waiting for the oldest batch while
+        ``max_running`` are in flight (bounded memory)."""
+        jobs = buckets.pop(shape)
+        for start in range(0, len(jobs), batch_size):
+            chunk = jobs[start : start + batch_size]
+            keys = [self.pending[j.slot].result.key for j in chunk]
+            fut: Future[tuple[torch.Tensor, list[torch.Tensor | None]]]
+            if self.pool is None:
+                fut = Future()
+                fut.set_result(self.ex._forward(chunk, keys))
+            else:
+                while len(self.running) >= max_running:
+                    yield from self._take_oldest()
+                fut = self.pool.submit(self.ex._forward, chunk, keys, self.onnx)
+            self.running.append((chunk, fut))
+            if self.pool is None:
+                yield from self._take_oldest()
+
+    def harvest(self, *, block: bool) -> Iterator[ExtractResult]:
+        """Finished batches (all of them with ``block``; else those done, in launch order)."""
+        while self.running and (block or self.running[0][1].done()):
+            yield from self._take_oldest()
+
+    def _take_oldest(self) -> Iterator[ExtractResult]:
+        chunk, fut = self.running.popleft()
+        descs, regions = fut.result()
+        for job, desc, reg in zip(chunk, descs, regions, strict=True):
+            entry = self.pending[job.slot]
+            Extractor._accumulate(entry, job.scale_index, desc, reg)
+            if entry.scales_left == 0:
+                del self.pending[job.slot]
+                yield Extractor._finish(entry)
 
 
 def _check_box(box: Sequence[float], width: int, height: int) -> Box:

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -43,7 +44,7 @@ def imsearch(
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"imsearch {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc  # type: ignore[no-any-return]
+    return proc
 
 
 def catalog_state(data: Path) -> tuple[list[tuple[str, int]], int, int]:
@@ -250,3 +251,51 @@ def test_reindex_with_another_model_swaps_atomically(tmp_path: Path, photos: Pat
     assert stats["dim"] == 16 and "whitened to 16" in stats["model"]
     res = json.loads(imsearch("search", str(query), "-k", "1", "--json", data=data).stdout)
     assert res["hits"][0]["path"] == str(query) and res["hits"][0]["score"] > 0.999
+
+
+def _naive_descriptor(path: Path, max_side: int, scales: tuple[float, ...]) -> np.ndarray:
+    """Decode (as the pipeline does: JPEG detail beyond the largest input skipped), resize, float32
+    forward one image at a time, sum over scales in float64, L2."""
+    import torch
+
+    from retrieval.imageio import decode_image
+    from retrieval.models.descriptor import DescriptorModel
+    from retrieval.models.extract import input_size
+
+    model = DescriptorModel.create("efficientnet_lite0", max_side=max_side, scales=scales)
+    decoded = decode_image(path, max_side=round(max_side * max(scales)))
+    img = Image.fromarray(decoded.pixels)
+    width, height = decoded.original_size  # input sizes follow the photo's own size
+    total = np.zeros(model.meta.dim, dtype=np.float64)
+    for scale in scales:
+        size = input_size(width, height, max_side, scale, model.meta.stride)
+        x = torch.from_numpy(np.asarray(img.resize(size, Image.Resampling.BILINEAR)).copy()).permute(2, 0, 1)[None]
+        with torch.inference_mode():
+            total += model(x)[0].double().numpy()
+    return total / np.linalg.norm(total)
+
+
+def test_the_vectors_written_are_the_naive_references_descriptors(tmp_path: Path) -> None:
+    """The whole pipeline (reader, hashing, decode workers, model threads, scales summed, writer):
+    what it stores for each file is that file's own descriptor."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    chosen = f.real_photos(10, stride=173)
+    for i, p in enumerate(chosen):
+        shutil.copy(p, photos / f"{i:02d}.jpg")
+    data = tmp_path / "data"
+    flags = ["--backbone", "efficientnet_lite0", "--max-side", "128", "--scales", "1", "0.5", "--batch-size", "3"]
+    out = imsearch("index", str(photos), *flags, "--no-progress", data=data).stdout
+    assert "indexed 10" in out, out
+    con = sqlite3.connect(data / "catalog.db")
+    try:
+        rows = con.execute(
+            "SELECT f.path, v.data FROM files f JOIN vectors v ON v.image_id = f.image_id AND v.space = 'image'"
+        ).fetchall()
+    finally:
+        con.close()
+    stored = {Path(path).name: np.frombuffer(blob, dtype="<f4") for path, blob in rows}
+    assert len(stored) == 10
+    for i, p in enumerate(chosen):
+        want = _naive_descriptor(p, 128, (1.0, 0.5))
+        assert float(stored[f"{i:02d}.jpg"] @ want) > 0.9999, p

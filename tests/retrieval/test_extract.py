@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -108,8 +110,8 @@ def test_region_descriptors(small: DescriptorModel) -> None:
     res = ex.extract_one(path, boxes=[(0, 0, w, h), (w * 0.25, h * 0.25, w * 0.75, h * 0.75)])
     assert res.regions is not None and res.regions.shape == (2, single.meta.dim)
     # a box covering the whole image is the whole-image descriptor
-    assert float(res.regions[0] @ res.descriptor) > 0.9999  # type: ignore[operator]
-    assert float(res.regions[1] @ res.descriptor) < 0.99  # type: ignore[operator]
+    assert float(res.regions[0] @ res.descriptor) > 0.9999
+    assert float(res.regions[1] @ res.descriptor) < 0.99
     bad = ex.extract_one(path, boxes=[(10, 10, 5, 5)])
     assert not bad.ok and "empty" in str(bad.error)
 
@@ -213,9 +215,76 @@ def test_engine_auto_falls_back_to_torch_when_the_export_fails() -> None:
             return y + 0.0 * torch.linalg.svdvals(y[:, :, :2, :2].float()).sum().to(y.dtype)
 
     model = DescriptorModel.create("efficientnet_lite0", max_side=128, scales=(1.0,))
-    model.backbone.body = Unexportable(model.backbone.body)  # type: ignore[assignment]
+    model.backbone.body = Unexportable(model.backbone.body)
     ex = Extractor(model, engine="auto", fuse=False)
     assert ex.engine == "torch" and ex.onnx is None
     assert ex.extract(f.real_photos(1)).shape == (1, 1280)
     with pytest.raises(ImsearchError, match="could not be exported to ONNX"):
         Extractor(model, engine="onnxruntime", fuse=False)
+
+
+def _in_thread_with_torch_threads(n: int, fn):  # type: ignore[no-untyped-def]
+    """``fn()`` on a fresh thread whose torch thread count is ``n`` (torch's setting is per thread)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, initializer=torch.set_num_threads, initargs=(n,)) as pool:
+        return pool.submit(fn).result()
+
+
+def test_model_layout_spends_the_calling_threads_budget_on_single_threaded_model_threads(
+    small: DescriptorModel,
+) -> None:
+    ex = Extractor(small, device="cpu")
+    assert _in_thread_with_torch_threads(2, ex.model_layout) == (2, 1)
+    assert _in_thread_with_torch_threads(4, ex.model_layout) == (4, 1)
+    # an index job that gave its thread one torch thread runs its batches on that thread
+    assert _in_thread_with_torch_threads(1, ex.model_layout) == (1, 1)
+    assert _in_thread_with_torch_threads(4, Extractor(small, device="cpu", model_threads=2).model_layout) == (2, 2)
+    with pytest.raises(ImsearchError, match="model_threads must be >= 1"):
+        Extractor(small, model_threads=0)
+
+
+def test_model_threads_give_the_descriptors_of_one_thread(small: DescriptorModel) -> None:
+    paths = f.real_photos(10, stride=211)
+    one = Extractor(small, precision="fp32", batch_size=2, model_threads=1).extract(paths)
+    ex = Extractor(small, precision="fp32", batch_size=2, model_threads=2)
+    names: set[str] = set()
+    ex.feature_hook = lambda feats, keys, scales: names.add(threading.current_thread().name)
+    got = _in_thread_with_torch_threads(2, lambda: ex.extract(paths))
+    assert names and all(n.startswith("imsearch-model") for n in names), names  # not the calling thread
+    np.testing.assert_allclose(got, one, atol=2e-5)
+    want = np.stack([naive_descriptor(small, p) for p in paths[:3]])
+    assert float((got[:3] * want).sum(axis=1).min()) > 0.99999
+
+
+def test_feature_hook_calls_never_overlap_across_model_threads(small: DescriptorModel) -> None:
+    ex = Extractor(small, precision="fp32", batch_size=1, model_threads=2)
+    active, most, calls = [0], [0], [0]
+    lock = threading.Lock()
+
+    def hook(feats: torch.Tensor, keys: list[object], scales: list[int]) -> None:
+        with lock:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        time.sleep(0.02)  # long enough for the other model thread to arrive meanwhile
+        with lock:
+            active[0] -= 1
+            calls[0] += 1
+
+    ex.feature_hook = hook
+    ex.extract(f.real_photos(4, stride=89))
+    assert calls[0] == 4 * len(small.meta.scales) and most[0] == 1
+
+
+def test_forward_batches_runs_the_pipelines_batches(small: DescriptorModel) -> None:
+    single = DescriptorModel.create("efficientnet_lite0", max_side=160, scales=(1.0,))
+    paths = f.real_photos(4, stride=151)
+    arrays = []
+    for p in paths:  # the pipeline's input: decoded, resized to the model's input size
+        img = Image.open(p).convert("RGB")
+        arrays.append(np.asarray(img.resize((160, 128), Image.Resampling.BILINEAR)))
+    ex = Extractor(single, precision="fp32", model_threads=2)
+    out = list(ex.forward_batches([arrays[:3], arrays[3:]]))
+    assert [o.shape for o in out] == [(3, 1280), (1, 1280)]
+    want = ex.extract(arrays)  # arrays already at the input size: resized to the same 160 x 128
+    np.testing.assert_allclose(l2n(torch.cat(out)).numpy(), want, atol=2e-5)
