@@ -13,6 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from api.auth import KEY_SCHEME, READ_KEY_SCHEME
 from api.errors import PROBLEM_MEDIA_TYPE
 from api.schemas import Problem
+from api.settings import MAX_ID
 
 _REF = {"$ref": "#/components/schemas/Problem"}
 READ_ERRORS = (400, 401, 422, 429)
@@ -62,6 +63,23 @@ def _server_limits(schema: dict[str, Any], max_k: int) -> None:
             k["maximum"] = max_k
 
 
+def _integer_bounds(node: Any) -> None:
+    """Integer fields' bounds as exact integers: the generator writes them as floats, and
+    float(MAX_ID) rounds up to 2**63, so a client checking the document would accept ids the
+    server refuses (a fuzzer sent 9223372036854775999)."""
+    if isinstance(node, dict):
+        if node.get("type") == "integer":
+            for key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+                value = node.get(key)
+                if isinstance(value, float) and value.is_integer():
+                    node[key] = MAX_ID if value == float(MAX_ID) else int(value)
+        for child in node.values():
+            _integer_bounds(child)
+    elif isinstance(node, list):
+        for child in node:
+            _integer_bounds(child)
+
+
 def install_openapi(app: FastAPI) -> None:
     def build() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -73,6 +91,7 @@ def install_openapi(app: FastAPI) -> None:
             )
             _read_security(schema, open_reads=not app.state.settings.read_requires_key)
             _server_limits(schema, app.state.settings.max_k)
+            _integer_bounds(schema)
             app.openapi_schema = _rewrite(schema)
         return app.openapi_schema
 
