@@ -4,7 +4,8 @@ For each engine, on the same real photos with the default model (EfficientNet-Li
 max side 512, 3 scales):
   * one query at a time (``Extractor.extract_one``: what a search by upload costs in the API,
     decode + 3 forwards + head), median and p90 milliseconds;
-  * batched extraction (``Extractor.extract``, what indexing costs), images/s;
+  * batched extraction (``Extractor.extract``, what indexing costs: batches on the model threads,
+    :meth:`Extractor.model_layout`), images/s;
   * agreement with the float32 reference: the lowest cosine between descriptors.
 Ratios are against the naive reference (torch fp32, NCHW, no conv-bn folding) in the same run.
 
@@ -27,7 +28,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 ENGINES: dict[str, dict[str, object]] = {
     "torch fp32 NCHW, no folding (naive reference)": {"precision": "fp32", "fuse": False, "channels_last": False},
-    "torch bf16 channels-last (imsearch index)": {},
+    "torch, precision auto (bf16 where native, else fp32), channels-last": {},
     "onnxruntime fp32 (imsearch serve)": {"engine": "onnxruntime"},
 }
 
@@ -65,6 +66,7 @@ def main() -> None:
         one = np.stack(descs)
         batched = Extractor(model, batch_size=args.batch, **options)  # type: ignore[arg-type]
         batched.extract(batch_photos[:8])
+        layout = "{} model threads x {} torch threads".format(*batched.model_layout())
         t0 = time.perf_counter()
         many = batched.extract(batch_photos)
         rate = len(batch_photos) / (time.perf_counter() - t0)
@@ -72,7 +74,8 @@ def main() -> None:
             reference = {"one": one, "many": many}
         cos = min(float((one * reference["one"]).sum(1).min()), float((many * reference["many"]).sum(1).min()))
         rows.append((name, float(np.median(times)), float(np.percentile(times, 90)), rate, cos, build))
-        print(f"{name}: {rows[-1][1]:.1f} ms per query, {rate:.1f} img/s batched", flush=True)
+        print(f"{name}: {rows[-1][1]:.1f} ms per query, {rate:.1f} img/s batched ({layout}, {batched.dtype})",
+              flush=True)
     base_ms, base_rate = rows[0][1], rows[0][3]
     print("\n| engine | query p50 ms | p90 ms | query speed-up | batched img/s | speed-up | min cos | build s |")
     print("|---|---|---|---|---|---|---|---|")

@@ -79,9 +79,8 @@ def project(model: DescriptorModel, paths: list[Path], batch: int) -> tuple[floa
     return n / (time.perf_counter() - t0), ex
 
 
-def pure_forward(ex: Extractor, paths: list[Path], batch: int) -> float:
-    """Forward + head only, on inputs decoded and bucketed beforehand (same shapes as the pipeline),
-    run as the pipeline runs its batches (:meth:`Extractor.forward_batches`: same model threads)."""
+def forward_batches_of(ex: Extractor, paths: list[Path], batch: int) -> list[list[np.ndarray]]:
+    """The pipeline's batches of ``paths``, decoded and resized beforehand (same shapes, same sizes)."""
     meta = ex.meta
     buckets: dict[tuple[int, int], list[np.ndarray]] = {}
     for path in paths:
@@ -89,16 +88,23 @@ def pure_forward(ex: Extractor, paths: list[Path], batch: int) -> float:
         for scale in meta.scales:
             size = input_size(img.width, img.height, meta.max_side, scale, meta.stride)
             buckets.setdefault(size, []).append(np.asarray(img.resize(size, Image.Resampling.BILINEAR)))
-    batches = [arrs[i : i + batch] for arrs in buckets.values() for i in range(0, len(arrs), batch)]
+    return [arrs[i : i + batch] for arrs in buckets.values() for i in range(0, len(arrs), batch)]
 
-    def one_pass() -> float:
-        t0 = time.perf_counter()
-        for _ in ex.forward_batches(batches):
-            pass
-        return time.perf_counter() - t0
 
-    one_pass()  # warm-up: every input shape seen once (oneDNN builds its kernels per shape and thread)
-    return len(paths) / one_pass()
+def forward_rate(ex: Extractor, batches: list[list[np.ndarray]], images: int) -> float:
+    """Images/s of forward + head alone over ``batches``, run as the pipeline runs its batches
+    (:meth:`Extractor.forward_batches`: the same model threads)."""
+    t0 = time.perf_counter()
+    for _ in ex.forward_batches(batches):
+        pass
+    return images / (time.perf_counter() - t0)
+
+
+def pure_forward(ex: Extractor, paths: list[Path], batch: int) -> float:
+    """Forward + head only, on inputs decoded and bucketed beforehand (same shapes as the pipeline)."""
+    batches = forward_batches_of(ex, paths, batch)
+    forward_rate(ex, batches, len(paths))  # warm-up: every shape once (oneDNN builds kernels per shape and thread)
+    return forward_rate(ex, batches, len(paths))
 
 
 def rss_child(config: str, n: int, batch: int) -> None:

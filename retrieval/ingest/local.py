@@ -3,8 +3,11 @@
 * **Reader** (thread): walks the folders, drops files already indexed or known to fail
   (:meth:`RunState.plan`), reads and hashes the rest, and records files whose content is
   already indexed (duplicates, renamed or touched files) without running the model.
-* **Map step** (:class:`~retrieval.ingest.describe.Describer`, on the caller's thread with its
-  decode workers): decode, optional detection / segmentation, batched descriptors.
+* **Map step** (:class:`~retrieval.ingest.describe.Describer`, driven by the caller's thread):
+  decode workers (decode, optional detection / segmentation, resize to every scale), then
+  batches of equal input size on the model threads (on CPU one single-threaded model thread
+  per torch thread of the caller: :meth:`~retrieval.models.extract.Extractor.model_layout`),
+  at most one batch more in flight than there are model threads.
 * **Writer** (thread): :class:`~retrieval.ingest.writer.BatchWriter` commits batches to the
   catalog then the vector index, and saves the index every ``save_every_s`` seconds.
 
@@ -170,12 +173,18 @@ class LocalIngest:
         self.collection.save()
         summary = state.summary
         summary.seconds = time.perf_counter() - t0
+        threads = int(extractor.stats.get("model_threads", 1))
+        model_stage = f"model ({threads} threads)" if threads > 1 else "model"  # seconds summed over threads
         summary.stage_s = {
             "read+hash": stages["reader"],
             "decode (workers)": extractor.stats["decode_s"] - stats0["decode_s"],
-            "model": extractor.stats["forward_s"] - stats0["forward_s"],
+            model_stage: extractor.stats["forward_s"] - stats0["forward_s"],
             "write": stages["writer"],
         }
+        batches = extractor.stats["batches"] - stats0["batches"]
+        if batches:
+            logger.info("model: %d batches, %.1f inputs each on average", batches,
+                        (extractor.stats["images"] - stats0["images"]) / batches)
         return summary
 
     def _guard(self, fn: Callable[..., None], errors: list[BaseException], *args: Any) -> None:

@@ -231,8 +231,9 @@ class Extractor:
         self.max_pixels = max_pixels
         self.meta = model.meta
         self.model_threads = model_threads
-        #: seconds of decode / forward work (summed over threads), inputs and batches run
-        self.stats = {"decode_s": 0.0, "forward_s": 0.0, "images": 0, "batches": 0}
+        #: seconds of decode / forward work (summed over threads), inputs and batches run, and
+        #: the model threads of the latest :meth:`iter_extract`
+        self.stats = {"decode_s": 0.0, "forward_s": 0.0, "images": 0, "batches": 0, "model_threads": 1}
         self._stats_lock = threading.Lock()
         #: called with (float32 feature maps, item keys, scale indices) of every batch, one call
         #: at a time (model threads take turns)
@@ -311,6 +312,7 @@ class Extractor:
         annotate = annotator if annotator is not None else self.annotator
         threads, _ = layout = self.model_layout()
         run = _Runner(self, self._model_runner(layout))
+        self.stats["model_threads"] = threads
         prefetch = max(2 * self.batch_size, 4 * self.workers)
         buckets: dict[tuple[int, int], list[_Job]] = {}
         futures: deque[Future[tuple[_Pending, list[_Job]]]] = deque()
