@@ -320,7 +320,7 @@ class CalibrationPublic(BaseModel):
     photos: int = Field(description="sampled photos whose edited copies were scored")
     copies_per_photo: int
     positives: int = Field(description="copy-vs-original scores")
-    negatives: int = Field(description="copy-or-original vs other-photo scores")
+    negatives: int = Field(description="copy vs other-photo scores (each copy's top other photos)")
     collection_size: int = Field(description="images in the collection when calibrated")
     seed: int
     copy_precision: float

@@ -3,8 +3,8 @@
 A cosine of 0.8 is a sure copy with one model and an unrelated photo of the same object with
 another. :func:`retrieval.calibrate_collection.calibrate_collection` measures, for a seeded
 sample of the collection's own photos, the scores of seeded edited copies against their
-originals (*positives*) and the scores of copies and originals against the most similar
-*other* photos (*negatives*); :func:`fit_thresholds` turns them into three thresholds:
+originals (*positives*) and the scores of the same copies against the most similar *other*
+photos (*negatives*); :func:`fit_thresholds` turns them into three thresholds:
 
 ``copy``
     the lowest positive score ``t`` at which the pairs scoring ``>= t`` are copies with
@@ -24,10 +24,17 @@ Only positive scores are candidate thresholds: lowering a threshold to a negativ
 false matches and no true one. A level is None when no candidate reaches its precision (too
 few copies scored that high: calibrate with a bigger sample).
 
-Negatives are the top :data:`NEGATIVES_PER_QUERY` other photos of each copy and of each
-original. Any other photo scores below the last of them, so the precision counts are those of
-a search's whole ranking as long as no query has more than that many false matches above a
-threshold.
+Negatives are the top :data:`NEGATIVES_PER_QUERY` other photos of each copy searched against
+the collection. Any other photo scores below the last of them, so the precision is that of a
+search by a copy over its whole ranking (one true match, the original; every other hit above
+the threshold a false one) as long as no query has more than that many false matches above it.
+Pairs of two indexed photos are not counted: the collection holds no known true pairs among them
+(files of one content are one image; see ``SAME_PHOTO`` for resized duplicates), so their
+negatives would come with no positives and tilt the ratio by however many were taken; a photo's
+nearest other photo feeds ``similar`` instead. (On the shared Caltech photos, with the default
+model, burst shots and product photos on white score up to ~0.96 with each other: above most
+edited copies, so ``imsearch duplicates`` at the copy threshold also groups such near-identical
+shots.)
 
 A :class:`Calibration` is stored as JSON next to the model it was measured with,
 ``models/<fp>.calibration.json`` (``fp``: the first 16 hex digits of the model's fingerprint),
@@ -178,8 +185,8 @@ def fit_thresholds(
 ) -> Fit:
     """The ``copy``, ``near`` and ``similar`` thresholds of the module docstring.
 
-    ``positives``: copy-vs-original scores; ``negatives``: scores of copies and originals
-    against other photos; ``neighbours``: each sampled photo's top-1 other-photo score.
+    ``positives``: copy-vs-original scores; ``negatives``: scores of the copies against other
+    photos; ``neighbours``: each sampled photo's top-1 other-photo score.
     """
     if not 0.0 < near_precision <= copy_precision < 1.0:
         raise ImsearchError(f"need 0 < near_precision <= copy_precision < 1, got {near_precision}, {copy_precision}")

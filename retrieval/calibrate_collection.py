@@ -11,12 +11,12 @@ For a seeded sample of the collection's photos (:func:`sample_photos`):
    :class:`~retrieval.models.extract.Extractor` (the one :class:`~retrieval.ingest.Describer`
    builds from :class:`~retrieval.ingest.IngestSettings`: same decode, sizes and precision);
 4. positive = the copy's score with its original (the stored vector); negatives = the copy's
-   top :data:`~retrieval.calibrate.NEGATIVES_PER_QUERY` other photos in the collection's index,
-   and the original's own top other photos; the original's top-1 other photo feeds the
-   ``similar`` level. A negative must be another *photo*: other files with the same content are
-   the same image id anyway, and an image that is the same picture resized or recompressed
-   (its :func:`photo_signature` correlates with the original's at least :data:`SAME_PHOTO`) is
-   a duplicate the collection already holds, so it is left out too. Only the run of such images
+   top :data:`~retrieval.calibrate.NEGATIVES_PER_QUERY` other photos in the collection's index;
+   the original's own top-1 other photo feeds the ``similar`` level. A negative must be another
+   *photo*: other files with the same content are the same image id anyway, and an image that is
+   the same picture resized or recompressed (its :func:`photo_signature` correlates with the
+   original's at least :data:`SAME_PHOTO`) is a duplicate the collection already holds, so it is
+   left out too. Only the run of such images
    right after the original in each ranking is looked at (a duplicate scores almost like the
    original itself, so it sits next to it): one small decode per query at most, besides the
    duplicates.
@@ -87,7 +87,7 @@ class CopyScores:
     """What scoring the copies of some photos measured."""
 
     positives: np.ndarray  # copy vs its original
-    negatives: np.ndarray  # copies and originals vs their top other photos
+    negatives: np.ndarray  # copies vs their top other photos
     neighbours: np.ndarray  # each original's top-1 other photo
     photos: int  # photos whose copies were scored
     skipped: list[tuple[int, str]] = field(default_factory=list)  # (image id, why)
@@ -284,11 +284,9 @@ def _score_chunk(
     positives = np.einsum("ij,ij->i", desc, originals[[row_of[int(o)] for o in owners]]).astype(np.float64)
     k = negatives_per_query + 1 + _DUPLICATE_SLACK
     s_copy, i_copy = collection.search("image", np.ascontiguousarray(desc), k)
-    s_orig, i_orig = collection.search("image", np.ascontiguousarray(originals), k)
-    copy_neg = _others(s_copy, i_copy, owners, negatives_per_query, duplicates)
-    orig_neg = _others(s_orig, i_orig, np.array(photo_ids, dtype=np.int64), negatives_per_query, duplicates)
-    negatives = np.concatenate([copy_neg.ravel(), orig_neg.ravel()])
-    neighbours = orig_neg[:, 0]
+    s_orig, i_orig = collection.search("image", np.ascontiguousarray(originals), 2 + _DUPLICATE_SLACK)
+    negatives = _others(s_copy, i_copy, owners, negatives_per_query, duplicates).ravel()
+    neighbours = _others(s_orig, i_orig, np.array(photo_ids, dtype=np.int64), 1, duplicates)[:, 0]
     return positives, negatives[np.isfinite(negatives)], neighbours[np.isfinite(neighbours)]
 
 
