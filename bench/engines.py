@@ -23,6 +23,7 @@ import torch
 
 from retrieval.models.descriptor import DescriptorModel
 from retrieval.models.extract import Extractor
+from retrieval.runtime import tune_onednn
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -41,6 +42,7 @@ def photos(n: int, stride: int) -> list[Path]:
 
 
 def main() -> None:
+    tune_onednn()  # as the imsearch command does, before the first convolution
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=40, help="photos queried one at a time")
     parser.add_argument("--batch-n", type=int, default=160, help="photos extracted in batches")

@@ -29,7 +29,7 @@ from bench.memory import vm_hwm_mib
 from retrieval.models.descriptor import DescriptorModel
 from retrieval.models.extract import Extractor, input_size
 from retrieval.models.pooling import l2n
-from retrieval.runtime import tune_malloc
+from retrieval.runtime import tune_malloc, tune_onednn
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 CONFIGS: dict[str, dict[str, str | int]] = {
@@ -118,6 +118,7 @@ def rss_child(config: str, n: int, batch: int) -> None:
 
 
 def main() -> None:
+    tune_onednn()  # as the imsearch command does, before the first convolution
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--n", type=int, default=160, help="photos per throughput run (lite0)")

@@ -15,7 +15,7 @@ import sys
 from indexer.config import flags_given, resolve
 from retrieval import __version__
 from retrieval.errors import ImsearchError
-from retrieval.runtime import tune_malloc
+from retrieval.runtime import INDEX_ARENAS, INDEX_MMAP_THRESHOLD, tune_malloc, tune_onednn
 
 logger = logging.getLogger("imsearch")
 
@@ -51,10 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``imsearch`` console script."""
-    tune_malloc()  # flat memory while streaming images through the model (see retrieval.runtime)
+    tune_onednn()  # before any convolution: kernels of every input shape stay built (see retrieval.runtime)
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    if args.command == "index":  # throughput over the last MiB; elsewhere large blocks get their own mappings
+        tune_malloc(mmap_threshold=INDEX_MMAP_THRESHOLD, arena_max=INDEX_ARENAS)
+    else:
+        tune_malloc()
     level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose > 1 else logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if not args.verbose:
