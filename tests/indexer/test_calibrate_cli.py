@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from indexer.cli import main
@@ -104,7 +105,12 @@ def test_calibrate_and_duplicates(
         assert hits[0]["match"] == "copy" and all(h["match"] == point.match_level(h["score"]) for h in hits)
         strict = json.loads(imsearch(capsys, "search", str(photos[0]), "--min-match", "copy", "--json", *flags,
                                      *data))["hits"]
-        assert strict == [h for h in hits if h["match"] == "copy"]
+        # the first search exported the model, so this one may take the torch-free path: same hits, scores
+        # within the two paths' difference (torch bf16 vs onnxruntime float32)
+        copies = [h for h in hits if h["match"] == "copy"]
+        assert [h["image_id"] for h in strict] == [h["image_id"] for h in copies]
+        assert all(h["match"] == "copy" for h in strict)
+        assert np.allclose([h["score"] for h in strict], [h["score"] for h in copies], atol=2e-3)
     table = imsearch(capsys, "search", str(photos[0]), "-k", "3", *data)
     assert "  match  " in table.splitlines()[1] and "  copy  " in table.splitlines()[2]
 
