@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 import numpy as np
 
@@ -167,7 +167,7 @@ class Collection:
         root: str | os.PathLike[str] = DEFAULT_DATA_DIR,
         *,
         db_url: str | None = None,
-        model: DescriptorModel | str | os.PathLike[str] | None = None,
+        model: ModelArg = None,
         index_kind: str = "auto",
         shards: int | None = None,
         writable: bool = True,
@@ -495,6 +495,20 @@ def model_path(root: Path, fingerprint: str) -> Path:
     return root / "models" / f"{fingerprint[:16]}.pt"
 
 
+class ModelFactory(Protocol):
+    """The model of a collection not created yet, built only if it is created now (e.g.
+    :class:`retrieval.collection_whitening.WhitenOnCreation`); an existing collection keeps its
+    own model after :meth:`check_compatible` (which raises when the asked-for model cannot be it)."""
+
+    def __call__(self) -> DescriptorModel: ...
+
+    def check_compatible(self, stored: dict[str, Any] | None, what: str = ...) -> None: ...
+
+
+#: what :meth:`Collection.open` takes as ``model``
+ModelArg = DescriptorModel | str | os.PathLike[str] | ModelFactory | None
+
+
 def _load_model_arg(model: DescriptorModel | str | os.PathLike[str] | None) -> DescriptorModel | None:
     if model is None or isinstance(model, DescriptorModel):
         return model
@@ -502,16 +516,20 @@ def _load_model_arg(model: DescriptorModel | str | os.PathLike[str] | None) -> D
 
 
 def _resolve_model(
-    root: Path, db: Database, model: DescriptorModel | str | os.PathLike[str] | None, writable: bool
+    root: Path, db: Database, model: ModelArg, writable: bool
 ) -> tuple[DescriptorModel, int]:
     """The collection's model: the active one in the catalog, else the given one (or the default)."""
-    given = _load_model_arg(model)
+    factory = None if model is None or isinstance(model, (DescriptorModel, str, os.PathLike)) else model
+    given = None if factory is not None else _load_model_arg(model)  # type: ignore[arg-type]  # not a factory
     with db.session(readonly=True) as s:
         active = catalog.get_active_model(s)
     if active is not None:
         path = model_path(root, active.fingerprint)
+        stored = {"fingerprint": active.fingerprint, "meta": active.meta.get("model")}
+        if factory is not None:
+            factory.check_compatible(stored)
         if given is not None:
-            given.check_compatible({"fingerprint": active.fingerprint, "meta": active.meta.get("model")})
+            given.check_compatible(stored)
         if given is None:
             if not path.is_file():
                 raise ModelFormatError(
@@ -524,7 +542,7 @@ def _resolve_model(
         return given, active.id
     if not writable:
         raise CatalogError(f"the collection at {root} is empty (no model yet); index some images first")
-    chosen = given or DescriptorModel.create()
+    chosen = given or (factory() if factory is not None else DescriptorModel.create())
     path = model_path(root, chosen.fingerprint)
     if not path.is_file():
         chosen.save(path)

@@ -12,6 +12,10 @@ from typing import Any
 from indexer.commands.calibrate import add_calibrate_option, calibrate_after_run
 from indexer.commands.common import add_model_options, model_from_args
 from indexer.config import add_common
+from retrieval.collection_whitening import DEFAULT_METHOD as DEFAULT_WHITENING
+from retrieval.collection_whitening import DEFAULT_SAMPLE as WHITEN_SAMPLE
+from retrieval.collection_whitening import MIN_PHOTOS as WHITEN_MIN
+from retrieval.collection_whitening import WHITENING_METHODS
 from retrieval.ingest.settings import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_DETECTOR,
@@ -25,6 +29,7 @@ EXAMPLES = """examples:
   imsearch index ~/Photos                       # index (or update) a collection
   imsearch index ~/Photos --detect --segment    # also detect objects: label filters, object search
   imsearch index ~/Photos --prune               # also forget files deleted from disk
+  imsearch index ~/Photos --whitening none      # a new collection's model without learned whitening
   imsearch index ../shared/data --data-dir /tmp/idx --db postgresql://me@localhost/imsearch
   imsearch index /mnt/photos --engine ray --workers 8 --gpus-per-worker 0.5 --ray-address auto
   imsearch index --manifest paths.parquet --engine ray --workers 4
@@ -64,6 +69,17 @@ def register(sub: Any) -> None:
                    help="split a new collection's vector index into N shards (default: what exists, else 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines instead)")
     add_calibrate_option(p)
+    white = p.add_argument_group("whitening of a new collection's model")
+    white.add_argument(
+        "--whitening", choices=WHITENING_METHODS, default=DEFAULT_WHITENING,
+        help="copies: a new collection learns its model's whitening from seeded edited copies of a sample of the "
+        f"photos found, before indexing (from {WHITEN_MIN} photos on); none: the model as it is. A --model FILE "
+        "and an existing collection's model are used as they are (default: %(default)s)",
+    )
+    white.add_argument("--whiten-sample", type=int, default=WHITEN_SAMPLE,
+                       help="photos the whitening is learned from (default: %(default)s)")
+    white.add_argument("--whiten-min", type=int, default=WHITEN_MIN,
+                       help="fewer photos found: no whitening (default: %(default)s)")
     ray = p.add_argument_group("more than one machine (the [ray] extra)")
     ray.add_argument("--engine", choices=["local", "ray"], default="local",
                      help="local: threads on this machine (default); ray: Ray Data actors, one model each")
@@ -113,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
 
         connect(args.ray_address)
     collection = Collection.open(
-        args.data_dir, db_url=args.db, model=model_from_args(args), index_kind=args.index_kind, shards=args.shards
+        args.data_dir, db_url=args.db, model=_model_arg(args), index_kind=args.index_kind, shards=args.shards
     )
     try:
         if args.engine == "ray":
@@ -142,6 +158,26 @@ def run(args: argparse.Namespace) -> int:
         return 130 if summary.interrupted else 0
     finally:
         collection.close()
+
+
+def _model_arg(args: argparse.Namespace) -> Any:
+    """The model a new collection gets: the options' (or the default) with its whitening learned
+    from copies of the photos found (``--whitening copies``), else as given."""
+    model = model_from_args(args)
+    if args.whitening == "none" or args.model:
+        return model
+    from retrieval.collection_whitening import WhitenOnCreation
+    from retrieval.ingest.scan import FileEntry, read_manifest, scan
+
+    def found() -> list[Path]:
+        roots = [*args.paths, *(read_manifest(args.manifest) if args.manifest else [])]
+        entries = scan(roots, follow_symlinks=args.follow_symlinks, include_hidden=args.include_hidden)
+        return [Path(e.path) for e in entries if isinstance(e, FileEntry)]
+
+    return WhitenOnCreation(
+        found, base=model, sample=args.whiten_sample, min_photos=args.whiten_min, batch_size=args.batch_size,
+        device=args.device, progress="log" if args.no_progress else "auto",
+    )
 
 
 def _export_quick_model(collection: Any) -> None:

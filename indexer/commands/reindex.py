@@ -15,13 +15,15 @@ from typing import Any
 from indexer.commands.calibrate import add_calibrate_option, calibrate_after_run
 from indexer.commands.common import add_model_options
 from indexer.config import add_common
+from retrieval.collection_whitening import DEFAULT_SAMPLE as WHITEN_SAMPLE
 
 logger = logging.getLogger(__name__)
 
 EXAMPLES = """examples:
   imsearch reindex --model runs/caltech/best.pt          # a model from `imsearch train`
-  imsearch reindex --learn-whitening --whiten-dim 512     # PCA-whitening learned from the collection itself
-  imsearch reindex --learn-whitening --whiten-from ~/landmarks-train   # ... or from a training set
+  imsearch reindex --learn-whitening                      # whitening learned from copies of the collection's photos
+  imsearch reindex --learn-whitening --whiten-method pca --whiten-dim 512   # PCA-whitening of the collection
+  imsearch reindex --learn-whitening --whiten-method pca --whiten-from ~/landmarks-train   # ... of a training set
   imsearch reindex --backbone efficientnet_lite2 --max-side 640
   imsearch reindex --model best.pt --drop-missing         # forget images whose files are gone
 """
@@ -42,23 +44,30 @@ def register(sub: Any) -> None:
     white.add_argument(
         "--learn-whitening",
         action="store_true",
-        help="learn PCA-whitening for the model (the given one, else the collection's) before re-indexing",
+        help="learn a whitening for the model (the given one, else the collection's) before re-indexing",
+    )
+    white.add_argument(
+        "--whiten-method", choices=("copies", "pca"), default=None,
+        help="copies: from seeded edited copies of a sample of the collection's photos (what a new collection "
+        "gets; no labels); pca: PCA-whitening of a sample of images (default: copies; pca with --whiten-from or "
+        "--whiten-dim)",
     )
     white.add_argument(
         "--whiten-from",
         default=None,
         metavar="DIR",
-        help="learn it from these images (default: a sample of the collection itself)",
+        help="pca: learn it from these images (default: a sample of the collection itself)",
     )
-    white.add_argument("--whiten-dim", type=int, default=None, help="output dimension (default: the backbone's)")
-    white.add_argument("--whiten-sample", type=int, default=2000, help="images sampled from the collection")
+    white.add_argument("--whiten-dim", type=int, default=None, help="pca: output dimension (default: the backbone's)")
+    white.add_argument("--whiten-sample", type=int, default=None,
+                       help=f"images sampled from the collection (default: {WHITEN_SAMPLE} for copies, 2000 for pca)")
     add_model_options(p)
     add_common(p)
     p.set_defaults(func=run, _parser=p)
 
 
 def _whitened(collection: Any, model: Any, args: argparse.Namespace) -> Any:
-    """A copy of ``model`` (or of the collection's) with PCA-whitening learned from images."""
+    """``model`` (or a fresh copy of the collection's) with a whitening learned from images (``--whiten-method``)."""
     import numpy as np
 
     from retrieval.collection import model_path
@@ -73,13 +82,19 @@ def _whitened(collection: Any, model: Any, args: argparse.Namespace) -> Any:
     )
     if base.meta.whitening is not None:
         base.set_whitening(None)
+    method = args.whiten_method or ("pca" if args.whiten_from or args.whiten_dim else "copies")
+    if method == "copies":
+        if args.whiten_from or args.whiten_dim:
+            raise ImsearchError("--whiten-from and --whiten-dim go with --whiten-method pca")
+        return _copy_whitened(collection, base, args)
     if args.whiten_from:
         sources = [e.path for e in scan([args.whiten_from]) if isinstance(e, FileEntry)]
         origin = f"folder {args.whiten_from}"
     else:
         ids = collection.index_ids("image")
         rng = np.random.default_rng(0)
-        picked = rng.choice(ids, size=min(args.whiten_sample, len(ids)), replace=False) if len(ids) else ids
+        sample = args.whiten_sample or 2000
+        picked = rng.choice(ids, size=min(sample, len(ids)), replace=False) if len(ids) else ids
         records = collection.read(catalog.get_images, image_ids=picked)
         sources = [r.path for r in records if r is not None and r.path]
         origin = f"{len(sources)} images of the collection"
@@ -88,6 +103,29 @@ def _whitened(collection: Any, model: Any, args: argparse.Namespace) -> Any:
     params = Extractor(base, device=args.device, batch_size=args.batch_size).learn_whitening(sources, args.whiten_dim)
     base.set_whitening(params, learned_from=origin)
     print(f"whitening learned from {origin}: {params.n_samples} vectors, dim {params.weight.shape[0]}")
+    return base
+
+
+def _copy_whitened(collection: Any, base: Any, args: argparse.Namespace) -> Any:
+    """``base`` with the whitening learned from copies of a sample of the collection's photos."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from retrieval.collection_whitening import learn_collection_whitening
+    from retrieval.errors import ImsearchError
+    from retrieval.store import catalog
+
+    sample = args.whiten_sample or WHITEN_SAMPLE
+    ids = collection.index_ids("image")
+    rng = np.random.default_rng(0)
+    picked = np.sort(rng.choice(ids, size=min(sample, len(ids)), replace=False)) if len(ids) else ids
+    records = collection.read(catalog.get_images, image_ids=picked)
+    chosen = [Path(r.path) for r in records if r is not None and r.path]
+    if not learn_collection_whitening(base, chosen, sample=sample, min_photos=2, batch_size=args.batch_size,
+                                      device=args.device):
+        raise ImsearchError(f"too few images to learn whitening from ({len(chosen)})")
+    print(f"whitening learned from copies of {len(chosen)} photos of the collection: {base.meta.describe()}")
     return base
 
 

@@ -57,6 +57,7 @@ from retrieval.models.descriptor import DescriptorModel
 from retrieval.models.extract import ExtractItem, Extractor
 from retrieval.models.pooling import l2n
 from retrieval.models.whitening import WhiteningParams, learn_lw_whitening
+from retrieval.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -176,10 +177,12 @@ def describe_copies(
     vectors: str = DEFAULT_COPY_VECTORS,
     precision: str = "auto",
     engine: str = "auto",
+    progress: Progress | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Unwhitened vectors ``(n, C)`` of each photo then its ``copies`` edits, and each row's group
     (the photo's index in ``photos``); rows ordered by photo, original first. Undecodable photos are
-    skipped with a log line (their index never appears in the groups)."""
+    skipped with a log line (their index never appears in the groups). ``progress`` counts images
+    (``len(photos) x (1 + copies)`` expected)."""
     if copies < 1:
         raise TrainingError(f"learned whitening from copies needs copies >= 1, got {copies}")
     if vectors not in COPY_VECTORS:
@@ -194,9 +197,16 @@ def describe_copies(
     failed: list[int] = []
     done: dict[tuple[int, int], np.ndarray] = {}
     items = iter_copy_items(photos, copies=copies, seed=seed, max_side=max_side, workers=workers, failed=failed)
+    if progress is not None:
+        progress.set_total(len(photos) * (1 + copies))
+    counted_failed = 0
     try:
         for res in extractor.iter_extract(items):
             key: tuple[int, int] = res.key  # type: ignore[assignment]
+            if progress is not None:
+                skipped = len(failed) - counted_failed  # undecodable photos: all their images at once
+                counted_failed = len(failed)
+                progress.update(1 + skipped * (1 + copies), failed=skipped * (1 + copies) + (res.error is not None))
             if res.error is not None:  # decoded pixels cannot fail, but never drop an image silently
                 logger.warning("copy whitening: skipping copy %d of %s: %s", key[1], photos[key[0]], res.error)
                 collector.per_item.pop(key, None)
@@ -204,6 +214,9 @@ def describe_copies(
             done[key] = collector.vectors(key)
     finally:
         extractor.feature_hook = None
+    if progress is not None and len(failed) > counted_failed:  # photos that failed after the last image
+        rest = (len(failed) - counted_failed) * (1 + copies)
+        progress.update(rest, failed=rest)
     keys = sorted(done)
     if not keys:
         raise TrainingError(f"learned whitening from copies: none of the {len(photos)} photos could be read")
@@ -228,6 +241,7 @@ def learn_copy_whitening(
     vectors: str = DEFAULT_COPY_VECTORS,
     precision: str = "auto",
     engine: str = "auto",
+    progress: Progress | None = None,
 ) -> WhiteningParams:
     """Learned whitening from each photo and ``copies`` seeded strong edits of it (groups = photos).
 
@@ -238,7 +252,8 @@ def learn_copy_whitening(
     ~3x faster than torch fp32 on the 2-core machine here).
     """
     x, groups = describe_copies(model, photos, copies=copies, seed=seed, batch_size=batch_size, device=device,
-                                workers=workers, vectors=vectors, precision=precision, engine=engine)
+                                workers=workers, vectors=vectors, precision=precision, engine=engine,
+                                progress=progress)
     n_photos = int(np.unique(groups).size)
     if n_photos < 2:
         raise TrainingError(
