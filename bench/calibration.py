@@ -37,6 +37,8 @@ from retrieval.calibrate import (
 )
 from retrieval.calibrate_collection import calibrate_collection, sample_photos, score_copies
 from retrieval.collection import Collection
+from retrieval.collection_whitening import DEFAULT_METHOD as DEFAULT_WHITENING
+from retrieval.collection_whitening import WHITENING_METHODS, learn_collection_whitening
 from retrieval.edits import split_photos
 from retrieval.ingest import IndexOptions, IngestSettings, LocalIngest
 from retrieval.models.descriptor import DEFAULT_MAX_SIDE, DEFAULT_SCALES, DescriptorModel
@@ -56,7 +58,7 @@ def photos(n: int, seed: int) -> list[Path]:
     return [pool[i] for i in sorted(rng.choice(len(pool), size=n, replace=False))]
 
 
-def build(data_dir: Path, model: DescriptorModel, paths: list[Path], batch: int) -> Collection:
+def build(data_dir: Path, model: DescriptorModel | None, paths: list[Path], batch: int) -> Collection:
     col = Collection.open(data_dir, model=model)
     t0 = time.perf_counter()
     summary = LocalIngest.over(col, IngestSettings(batch_size=batch), options=IndexOptions(progress=False)).run(
@@ -96,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-sample", type=int, default=200, help="held-out photos evaluated (default: %(default)s)")
     ap.add_argument("--copies", type=int, default=DEFAULT_COPIES, help="edited copies per calibration photo")
     ap.add_argument("--eval-copies", type=int, default=2, help="edited copies per held-out photo")
+    ap.add_argument("--whitening", choices=WHITENING_METHODS, default=DEFAULT_WHITENING,
+                    help="the new collection's whitening, as `imsearch index` (default: %(default)s)")
     ap.add_argument("--seed", type=int, default=0, help="photo choice and split")
     ap.add_argument("--calib-seed", type=int, default=1)
     ap.add_argument("--eval-seed", type=int, default=2)
@@ -105,9 +109,14 @@ def main(argv: list[str] | None = None) -> int:
 
     model = DescriptorModel.create(max_side=args.max_side, scales=tuple(args.scales))
     scales = "-".join(f"{s:g}" for s in args.scales)
-    data_dir = args.data_dir or Path(f"/tmp/imsearch-bench-cal-{args.photos}-{args.max_side}-{scales}-{args.seed}")
+    data_dir = args.data_dir or Path(
+        f"/tmp/imsearch-bench-cal-{args.photos}-{args.max_side}-{scales}-{args.seed}-{args.whitening}"
+    )
+    chosen = photos(args.photos, args.seed)
+    if args.whitening == "copies" and not data_dir.exists():  # what `imsearch index` gives a new collection
+        learn_collection_whitening(model, chosen, batch_size=args.batch_size)
     t0 = time.perf_counter()
-    col = build(data_dir, model, photos(args.photos, args.seed), args.batch_size)
+    col = build(data_dir, model if not data_dir.exists() else None, chosen, args.batch_size)
     try:
         known = [r for r in col.read(catalog.get_images, image_ids=col.index_ids("image")) if r is not None]
         ids = np.array([r.id for r in known], dtype=np.int64)
@@ -124,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         t3 = time.perf_counter()
     finally:
         col.close()
-    print(f"model: {model.meta.describe()}")
+    print(f"model: {col.model.meta.describe()}")
     print(f"collection: {len(ids)} images; calibration candidates {len(kept_ids)}, held out {len(held_ids)}")
     print(f"calibration: {cal.photos} photos x {cal.copies_per_photo} STRONG copies (seed {cal.seed}): "
           f"{cal.positives} copy pairs, {cal.negatives} other-photo pairs, {t2 - t1:.0f} s")

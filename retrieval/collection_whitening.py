@@ -8,10 +8,12 @@ copies differ from it (:func:`retrieval.train.copy_whitening.learn_copy_whitenin
 it, and only then indexes: every photo is described once, by the final model. ``imsearch
 reindex --learn-whitening`` learns the same from an existing collection.
 
-Measured on photos held out from the fit (``python -m bench.copies``; figures in the README):
-copy R@1 and category mAP both rise, which is why it is the default. A collection with fewer
-than :data:`MIN_PHOTOS` photos keeps the model as it is (too few photos to tell the edits'
-directions from the photos').
+Measured with ``python -m bench.copies --lw-photos 300`` (the whitening learned from 300
+training photos x 2 copies, as here; 1,624 strong copies of 812 photos held out from it searched
+among all 4,487 shared images): copy R@1 78.33 -> 87.19, R@10 89.72 -> 95.87, µAP 50.14 ->
+58.24, and category mAP 81.41 -> 82.23: both rise, which is why it is the default. A collection
+with fewer than :data:`MIN_PHOTOS` photos keeps the model as it is (too few photos to tell the
+edits' directions from the photos').
 
 This module imports no torch at import time (the CLI reads its defaults to build ``--help``).
 """
