@@ -274,12 +274,20 @@ def test_killed_child_fails_the_job_and_a_rerun_finishes(child_env: Env) -> None
     env = child_env
     folder = env.layout.allowed / "jobs-child"
     before = env.images()
-    job = env.start(folder)
-    pid = child_of(env)
-    deadline = time.monotonic() + 120
-    while env.job(job["id"])["done"] < 8 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.kill(pid, signal.SIGKILL)
+    gate = env.client.app_state["services"].model.gate
+    gate.enter()  # a search in flight: the child's network waits at its next layer
+    try:
+        job = env.start(folder)
+        pid = child_of(env)
+        deadline = time.monotonic() + 120
+        while env.job(job["id"])["done"] < 8 and time.monotonic() < deadline:
+            gate.leave()  # a few milliseconds of work at a time (the images are tiny: unpaused, the job
+            time.sleep(0.005)  # would be done before a poll could see it half-way)
+            gate.enter()
+            time.sleep(0.05)  # what was described meanwhile is committed
+        os.kill(pid, signal.SIGKILL)  # while it waits: half-way, whatever the machine's speed
+    finally:
+        gate.leave()
     failed = env.wait(job["id"])
     assert failed["status"] == "failed", failed
     assert f"describing process (pid {pid}) was killed by signal SIGKILL" in failed["message"]

@@ -58,7 +58,8 @@ def test_first_search_exports_then_searches_skip_torch_with_the_same_results(
     flag = imsearch("search", query, "-k", "5", "--json", "--no-fast-query", data=root)
     for other in (first, forced, flag):
         assert [h["image_id"] for h in hits(fast)] == [h["image_id"] for h in hits(other)]
-        assert all(abs(a["score"] - b["score"]) < 2e-3 for a, b in zip(hits(fast), hits(other), strict=True))
+        # torch bf16 vs onnxruntime float32 queries: up to ~4e-3 apart on CPUs with native bf16
+        assert all(abs(a["score"] - b["score"]) < 6e-3 for a, b in zip(hits(fast), hits(other), strict=True))
     assert hits(fast)[0]["path"] == query and set(hits(fast)[0]) == set(hits(forced)[0])
 
 
