@@ -163,6 +163,10 @@ def run(args: argparse.Namespace) -> int:
 def _model_arg(args: argparse.Namespace) -> Any:
     """The model a new collection gets: the options' (or the default) with its whitening learned
     from copies of the photos found (``--whitening copies``), else as given."""
+    from retrieval.errors import ImsearchError
+
+    if args.whiten_sample < 2:
+        raise ImsearchError(f"--whiten-sample must be at least 2 photos, got {args.whiten_sample}")
     model = model_from_args(args)
     if args.whitening == "none" or args.model:
         return model

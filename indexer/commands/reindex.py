@@ -116,7 +116,9 @@ def _copy_whitened(collection: Any, base: Any, args: argparse.Namespace) -> Any:
     from retrieval.errors import ImsearchError
     from retrieval.store import catalog
 
-    sample = args.whiten_sample or WHITEN_SAMPLE
+    sample = WHITEN_SAMPLE if args.whiten_sample is None else args.whiten_sample
+    if sample < 2:
+        raise ImsearchError(f"--whiten-sample must be at least 2 photos, got {sample}")
     ids = collection.index_ids("image")
     rng = np.random.default_rng(0)
     picked = np.sort(rng.choice(ids, size=min(sample, len(ids)), replace=False)) if len(ids) else ids

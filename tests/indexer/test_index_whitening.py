@@ -109,6 +109,14 @@ def test_no_whitening_below_the_minimum_or_when_asked(
     assert stored(tmp_path / "b")[0].meta.whitening is None
 
 
+def test_a_bad_sample_size_is_refused_before_anything_is_made(
+    folder: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert main(["index", str(folder), "--data-dir", str(tmp_path / "x"), "--whiten-sample", "1", *TINY]) != 0
+    assert "--whiten-sample must be at least 2 photos, got 1" in caplog.text
+    assert not (tmp_path / "x" / "catalog.db").exists()
+
+
 def test_reindex_learns_whitening_from_copies(
     folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
