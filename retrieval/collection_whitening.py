@@ -47,7 +47,7 @@ DEFAULT_SEED = 0
 
 
 def sample_photos(photos: Sequence[Path], count: int, seed: int = DEFAULT_SEED) -> list[Path]:
-    """A seeded sample of ``count`` photos (all when there are no more), in the given order.
+    """A seeded sample of ``count`` photos in path order (all of them, as given, when there are no more).
 
     The same set of photos gives the same sample whatever order they were listed in."""
     if count >= len(photos):
